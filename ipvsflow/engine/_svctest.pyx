@@ -1,0 +1,190 @@
+# Test harness: the service table of an engine_t exposed to Python, without the rest of the
+# engine. Tests add services and real servers through Commands, schedule, and bind / unbind
+# stand-in connection entries to move the counters the way the engine core does.
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, realloc, free
+from libc.string cimport memset, memcpy
+
+import ipaddress
+
+from ipvsflow.engine.defs cimport engine_t, service_t, dest_t, DEST_F_OVERLOAD
+from ipvsflow.engine.conntab cimport conntab, conn_entry, CONN_NONE, CF_INACTIVE, CF_TEMPLATE
+from ipvsflow.io.batch cimport pkt_desc
+from ipvsflow.engine.services cimport (
+    svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
+    svc_describe, dest_describe, dest_eligible,
+)
+
+
+cdef bytes _addr16(object text):
+    a = ipaddress.ip_address(text)
+    if a.version == 6:
+        return a.packed
+    return b"\x00" * 10 + b"\xff\xff" + a.packed
+
+
+cdef class SvcTable:
+    """An engine_t holding only services and real servers (the connection table is a bare
+    conntab struct, so the dest-array address sync can be checked)."""
+    cdef engine_t *e
+    cdef conntab *ct
+    cdef conn_entry *entries
+    cdef uint32_t n_entries
+    cdef uint32_t cap_entries
+
+    def __cinit__(self, bint with_conntab=True):
+        self.e = <engine_t *>calloc(1, sizeof(engine_t))
+        if self.e == NULL:
+            raise MemoryError()
+        if with_conntab:
+            self.ct = <conntab *>calloc(1, sizeof(conntab))
+            if self.ct == NULL:
+                raise MemoryError()
+            self.e.ct = self.ct
+        svc_table_init(self.e)
+        self.cap_entries = 64
+        self.entries = <conn_entry *>calloc(self.cap_entries, sizeof(conn_entry))
+        if self.entries == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.e != NULL:
+            svc_table_free(self.e)
+            free(self.e)
+        if self.ct != NULL:
+            free(self.ct)
+        if self.entries != NULL:
+            free(self.entries)
+
+    def apply(self, cmd):
+        """svc_apply: the affected service id (dest id for real-server commands)."""
+        return svc_apply(self.e, cmd)
+
+    def find(self, int proto, str addr, int port, uint32_t fwmark=0, af=None):
+        cdef bytes a = _addr16(addr) if addr else b"\x00" * 16
+        cdef int fam = af if af is not None else (6 if ":" in addr else 4)
+        return svc_find(self.e, <uint8_t>proto, <uint8_t>fam, a, <uint16_t>port, fwmark)
+
+    def schedule(self, int svc, str src="10.0.0.1", int sport=40000, int proto=6):
+        """One scheduler call for a stand-in packet from src:sport; dest id or -1."""
+        cdef pkt_desc p
+        cdef bytes a = _addr16(src)
+        memset(&p, 0, sizeof(pkt_desc))
+        p.proto = <uint8_t>proto
+        p.af = 6 if ":" in src else 4
+        p.sport = <uint16_t>sport
+        memcpy(p.src, <const char *>a, 16)
+        return svc_schedule(self.e, svc, &p)
+
+    def bind(self, uint32_t dest, int proto=6, bint template=False):
+        """A new stand-in entry bound to `dest` (flags: TEMPLATE if asked, plus the dest's
+        conn_flags); returns its handle."""
+        cdef conn_entry *cp
+        if dest >= self.e.n_dests:
+            raise IndexError(dest)
+        if self.n_entries == self.cap_entries:
+            nc = self.cap_entries * 2
+            ne = <conn_entry *>realloc(self.entries, nc * sizeof(conn_entry))
+            if ne == NULL:
+                raise MemoryError()
+            self.entries = ne
+            self.cap_entries = nc
+        cp = &self.entries[self.n_entries]
+        memset(cp, 0, sizeof(conn_entry))
+        cp.proto = <uint8_t>proto
+        cp.dest = CONN_NONE
+        cp.control = CONN_NONE
+        if template:
+            cp.flags = CF_TEMPLATE
+        dest_bind(self.e, dest, cp)
+        self.n_entries += 1
+        return self.n_entries - 1
+
+    def connect(self, int svc, int n=1, int proto=6, bint active=True):
+        """n new connections as the engine core makes them: schedule, bind, and (TCP SYN ->
+        SYN_RECV, an active state) move to active. Returns the chosen dest ids (-1: none)."""
+        out = []
+        for _ in range(n):
+            d = self.schedule(svc, proto=proto)
+            if d >= 0:
+                h = self.bind(d, proto=proto)
+                if active:
+                    self.set_active(h, True)
+            out.append(d)
+        return out
+
+    def unbind(self, uint32_t handle):
+        if handle >= self.n_entries:
+            raise IndexError(handle)
+        dest_unbind(self.e, &self.entries[handle])
+
+    def set_active(self, uint32_t handle, bint active):
+        """Move an entry between the inactive and active counters, as a state transition does."""
+        cdef conn_entry *cp
+        cdef dest_t *d
+        if handle >= self.n_entries:
+            raise IndexError(handle)
+        cp = &self.entries[handle]
+        d = &self.e.dests[cp.dest]
+        if active and (cp.flags & CF_INACTIVE):
+            cp.flags &= ~CF_INACTIVE
+            d.inactconns -= 1
+            d.activeconns += 1
+        elif not active and not (cp.flags & CF_INACTIVE):
+            cp.flags |= CF_INACTIVE
+            d.activeconns -= 1
+            d.inactconns += 1
+
+    def entry(self, uint32_t handle):
+        if handle >= self.n_entries:
+            raise IndexError(handle)
+        return {"dest": self.entries[handle].dest, "flags": self.entries[handle].flags}
+
+    def services(self):
+        return svc_describe(self.e)
+
+    def dests(self):
+        return dest_describe(self.e)
+
+    def dest(self, uint32_t d):
+        return dest_describe(self.e)[d]
+
+    def order(self, int svc):
+        """Dest ids of a service in list order (newest first)."""
+        return svc_describe(self.e)[svc]["dests"]
+
+    def eligible(self, uint32_t d):
+        return bool(dest_eligible(&self.e.dests[d]))
+
+    def sched_state(self, int svc):
+        cdef service_t *s = &self.e.svcs[svc]
+        return {"rr_cursor": s.rr_cursor, "wrr_cl": s.wrr_cl, "wrr_cw": s.wrr_cw,
+                "wrr_mw": s.wrr_mw, "wrr_di": s.wrr_di, "sched": s.sched}
+
+    def set_counts(self, uint32_t d, uint32_t active, uint32_t inactive):
+        """Set a dest's counters directly (scheduler tie-break tests with given overheads)."""
+        self.e.dests[d].activeconns = active
+        self.e.dests[d].inactconns = inactive
+
+    def conntab_sync_ok(self):
+        """True if the conntab's view of real-server addresses points at the dest array."""
+        if self.ct == NULL:
+            return True
+        return (self.ct.dest_addr == &self.e.dests[0].addr[0]
+                and self.ct.dest_stride == sizeof(dest_t))
+
+    def conntab_addr(self, uint32_t d):
+        """Address bytes of dest d as the connection table reads them."""
+        return (<const char *>(self.ct.dest_addr + d * self.ct.dest_stride))[:16]
+
+    @property
+    def n_dests(self):
+        return self.e.n_dests
+
+    @property
+    def cap_dests(self):
+        return self.e.cap_dests
+
+    @property
+    def n_svcs(self):
+        return self.e.n_svcs

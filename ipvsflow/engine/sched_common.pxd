@@ -1,0 +1,38 @@
+# Shared pieces of the per-scheduler modules (sched_*.pyx), as the kernel's struct
+# ip_vs_scheduler: every scheduler fills one sched_ops; services.pyx keeps the table indexed by
+# SCHED_* and calls the hooks on service/dest edits and `schedule` for new connections.
+from libc.stdint cimport int32_t, uint32_t
+from ipvsflow.engine.defs cimport engine_t, service_t, dest_t, sched_fn
+
+# Hooks return 0 on success, -1 on failure (allocation); NULL = no hook.
+ctypedef int (*sched_svc_hook)(engine_t *e, service_t *svc) noexcept nogil
+ctypedef void (*sched_done_hook)(engine_t *e, service_t *svc) noexcept nogil
+# Dest hooks run after the list change (add: dest already at the head; del: dest already
+# unlinked, its prev/next fields still hold its old neighbours; upd: fields already updated).
+ctypedef int (*sched_dest_hook)(engine_t *e, service_t *svc, int32_t dest) noexcept nogil
+
+ctypedef struct sched_ops:
+    const char *name
+    sched_svc_hook init_service
+    sched_done_hook done_service
+    sched_dest_hook add_dest
+    sched_dest_hook del_dest
+    sched_dest_hook upd_dest
+    sched_fn schedule
+
+
+# Successor of `d` in the service's destination list; d == -1 stands for the list head, and -1
+# is returned at the end of the list (the kernel's list_for_each_entry_continue stops at the head).
+cdef inline int32_t dest_next(const engine_t *e, const service_t *svc, int32_t d) noexcept nogil:
+    if d < 0:
+        return svc.dest_head
+    return e.dests[d].next
+
+
+# ip_vs_dest_conn_overhead: (activeconns << 8) + inactconns, in the kernel's int arithmetic.
+cdef inline int32_t dest_conn_overhead(const dest_t *d) noexcept nogil:
+    return <int32_t>((d.activeconns << 8) + d.inactconns)
+
+
+cdef inline bint dest_overloaded(const dest_t *d) noexcept nogil:
+    return (d.flags & 0x0002) != 0      # DEST_F_OVERLOAD

@@ -1,0 +1,8 @@
+# Weighted round-robin (ip_vs_wrr.c).
+from libc.stdint cimport int32_t
+from ipvsflow.engine.defs cimport engine_t, service_t
+from ipvsflow.engine.sched_common cimport sched_ops
+from ipvsflow.io.batch cimport pkt_desc
+
+cdef int32_t wrr_schedule(engine_t *e, service_t *svc, const pkt_desc *p) noexcept nogil
+cdef void wrr_register(sched_ops *ops) noexcept
