@@ -453,8 +453,9 @@ def _parse_tokens(toks: list[str], line: str, lineno: int, source: str) -> Comma
     dest = RealServer(addr=raddr, port=rport, fwd=FWD_DROUTE if fwd is None else fwd,
                       weight=1 if weight is None else weight,
                       u_threshold=u_thr or 0, l_threshold=l_thr or 0)
-    # ipvsadm: with gatewaying or tunnelling the real server's port is the service's port.
-    if not svc.fwmark and dest.fwd in (FWD_DROUTE, FWD_TUNNEL):
+    # ipvsadm (for -a and -e only): with gatewaying or tunnelling the real server's port is the
+    # service's port. A -d names the server by the address:port it was added with.
+    if op in ("add-dest", "edit-dest") and not svc.fwmark and dest.fwd in (FWD_DROUTE, FWD_TUNNEL):
         dest.port = svc.port
     if dest.l_threshold and dest.u_threshold and dest.l_threshold > dest.u_threshold:
         raise ValueError("lower threshold (-y) above upper threshold (-x)")

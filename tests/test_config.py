@@ -209,3 +209,11 @@ def test_keepalived_errors_name_the_line():
         parse_rules("virtual_server 10.0.0.1 80 {\n protocol TCP\n lb_algo fastest\n}\n", source="ka.conf")
     with pytest.raises(ConfigError, match="missing '}'"):
         parse_rules("virtual_server 10.0.0.1 80 {\n lb_algo rr\n", source="ka.conf")
+
+
+def test_delete_names_a_nat_server_by_its_own_port():
+    cfg = parse_rules("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.1.1:8080 -m\n"
+                      "-a -t 10.0.0.1:80 -r 10.0.1.2:8080 -m\n-d -t 10.0.0.1:80 -r 10.0.1.1:8080\n")
+    assert [(d.addr, d.port) for d in cfg.services[0].dests] == [("10.0.1.2", 8080)]
+    assert parse_command("-d -t 10.0.0.1:80 -r 10.0.1.1:8080").dest.port == 8080
+    assert parse_command("-e -t 10.0.0.1:80 -r 10.0.1.1:8080 -g").dest.port == 80
