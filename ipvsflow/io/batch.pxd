@@ -19,7 +19,7 @@ cpdef enum ParseStatus:
     TRUNC_EXTHDR = 9        # IPv6 extension header chain runs past caplen or the IP length
     TRUNC_L4 = 10           # L4 header (TCP 20+ / UDP 8 / SCTP 12+chunk hdr / ICMP 8) cut short
     BAD_L4_HDR = 11         # TCP data offset < 5 or past the IP payload, UDP length < 8, ...
-    TRUNC_ICMP_INNER = 12   # ICMP error whose embedded IP header + 8 L4 bytes are cut short
+    TRUNC_ICMP_INNER = 12   # ICMP error whose embedded IP header or its 4 port bytes are cut short
     BAD_ICMP_INNER = 13     # ICMP error whose embedded header is malformed
 
 # frag bits
