@@ -1,242 +1,244 @@
-"""Per-packet decision records (DESIGN.md "Decision record") written as JSON lines, CSV or Parquet.
+"""Per-packet decision records (DESIGN.md "Decision record") as JSON lines, CSV or Parquet.
 
-Columns: pkt, ts, dir, proto, client, vip, rs, action, reason, state, conn. Formatting is done
-per burst with numpy (names by table lookup, each distinct address rendered once).
+Columns: pkt, ts, dir, proto, client, vip, rs, action, reason, state, conn. Formatting runs in C
+over each burst (ipvsflow._analysis.DecisionEncoder): JSON lines and CSV are rendered straight
+into a byte buffer, Parquet gets columnar buffers (string columns built as Arrow offsets + bytes,
+the small vocabularies as dictionary columns, ``ts`` as a UTC timestamp in ns), one row group per
+``chunk`` decisions.
+Null values: ``rs`` without a real server, ``state``/``conn`` without a connection, ``reason``
+when there is none, ``client``/``vip``/``proto`` for packets that are not IP.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
+import os
 from typing import Optional
 
 import numpy as np
 
 COLUMNS = ("pkt", "ts", "dir", "proto", "client", "vip", "rs", "action", "reason", "state", "conn")
+FORMATS = ("jsonl", "csv", "parquet")
 
 _PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmpv6", 50: "esp", 51: "ah"}
+_EXT = {"jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "csv": "csv", "parquet": "parquet", "pq": "parquet"}
 
 
-def _table(mapping) -> np.ndarray:
-    out = np.empty(256, dtype=object)
-    out[:] = None
-    items = mapping.items() if isinstance(mapping, dict) else enumerate(mapping)
-    for k, v in items:
-        out[int(k)] = v
-    return out
+def format_for(path: str, fmt: Optional[str] = None) -> str:
+    """The output format of ``path``: ``fmt`` if given, else from the extension."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown decisions format {fmt!r} (use {', '.join(FORMATS)})")
+        return fmt
+    ext = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
+    f = _EXT.get(ext)
+    if f is None:
+        raise ValueError(f"{path}: unknown decisions format (use .jsonl, .csv or .parquet, "
+                         "or --decisions-format)")
+    return f
 
 
-def _addr_text(b: bytes) -> str:
-    if b[:12] == b"\x00" * 10 + b"\xff\xff":
-        return str(ipaddress.IPv4Address(b[12:]))
-    return str(ipaddress.IPv6Address(b))
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def _endpoints(addrs: np.ndarray, ports: np.ndarray) -> np.ndarray:
-    """Render 16-byte addresses + ports as ``a.b.c.d:p`` / ``[v6]:p``; each distinct address once."""
-    if len(addrs) == 0:
-        return np.empty(0, dtype=object)
-    flat = np.ascontiguousarray(addrs).reshape(len(addrs), -1).view(np.dtype((np.void, 16))).ravel()
-    uniq, inv = np.unique(flat, return_inverse=True)
-    texts = []
-    for u in uniq:
-        b = bytes(u)
-        t = _addr_text(b)
-        texts.append(t if "." in t and ":" not in t else f"[{t}]")
-    base = np.array(texts, dtype=object)[inv]
-    return np.array([f"{a}:{p}" for a, p in zip(base.tolist(), ports.tolist())], dtype=object)
+class _Vocab:
+    """Every name a decision column can take, and code -> name-index tables for the encoder."""
+
+    def __init__(self):
+        from .engine import ACTIONS, DIRS, REASONS
+        from .engine.names import PROTO_STATE_NAMES
+        names: list[str] = []
+        index: dict[str, int] = {}
+
+        def idx(name):
+            if name is None:
+                return -1
+            if name not in index:
+                index[name] = len(names)
+                names.append(name)
+            return index[name]
+
+        self.act = [idx(a) if i else -1 for i, a in enumerate(ACTIONS)] + [-1] * (8 - len(ACTIONS))
+        self.reason = [idx(r) if r else -1 for r in REASONS] + [-1] * (256 - len(REASONS))
+        self.dirs = [idx(d) for d in DIRS] + [-1] * (256 - len(DIRS))
+        self.proto = [idx(_PROTO_NAMES.get(p, str(p))) for p in range(256)]
+        state = []
+        for proto in (6, 17, 132, 0):
+            tbl = PROTO_STATE_NAMES.get(proto, ())
+            state += [idx(tbl[s]) if s < len(tbl) else (-1 if s == 0xFF else idx("ERR!")) for s in range(256)]
+        self.state = state
+        self.names = names
+
+    def encoder(self, fmt: str):
+        from ._analysis import DecisionEncoder
+        return DecisionEncoder(fmt, self.names, self.act, self.reason, self.dirs, self.proto, self.state)
 
 
-class DecisionFormatter:
-    """Turns (packet rows, decision rows) of one engine into the decision-record columns."""
-
-    def __init__(self, engine):
-        from .engine import ACTIONS, DIRS, REASONS, state_name
-
-        self.actions = _table(ACTIONS)
-        self.reasons = _table(REASONS)
-        self.dirs = _table(DIRS)
-        self.state_name = state_name
-        self._states: dict[int, np.ndarray] = {}
-        self.engine = engine
-        self._rs_names: Optional[np.ndarray] = None
-        self._svc_eps: Optional[list] = None
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Re-read real servers and services (after rule edits)."""
-        dests = self.engine.dests()
-        n = max((d["id"] for d in dests), default=-1) + 2
-        names = np.empty(n, dtype=object)
-        names[:] = None
-        for d in dests:
-            ep = f"[{d['addr']}]:{d['port']}" if ":" in d["addr"] else f"{d['addr']}:{d['port']}"
-            names[d["id"]] = ep
-        self._rs_names = names
-
-    def _state_table(self, proto: int) -> np.ndarray:
-        t = self._states.get(proto)
-        if t is None:
-            t = np.empty(256, dtype=object)
-            for s in range(256):
-                try:
-                    t[s] = self.state_name(proto, s)
-                except (KeyError, IndexError, ValueError):
-                    t[s] = None
-            self._states[proto] = t
-        return t
-
-    def columns(self, rows: np.ndarray, dec: np.ndarray) -> dict:
-        n = len(dec)
-        is_out = dec["dir"] == 2
-        src = _endpoints(rows["src"], rows["sport"])
-        dst = _endpoints(rows["dst"], rows["dport"])
-        client = np.where(is_out, dst, src)
-        vip = np.where(is_out, src, dst)
-        rs_ids = dec["rs"].astype(np.int64)
-        rs_names = self._rs_names
-        if n and rs_ids.max(initial=-1) >= len(rs_names) - 1:
-            self.refresh()
-            rs_names = self._rs_names
-        rs = rs_names[np.where(rs_ids >= 0, rs_ids, len(rs_names) - 1)]
-        # A NAT reply comes from the real server: its virtual side is the service's address.
-        if is_out.any():
-            from_rs = is_out & (rs == src)
-            if from_rs.any():
-                svcs = {s["id"]: s for s in self.engine.services()}
-                for i in np.flatnonzero(from_rs):
-                    s = svcs.get(int(dec["svc"][i]))
-                    if s is not None and not s.get("fwmark"):
-                        a = s["addr"]
-                        vip[i] = f"[{a}]:{s['port']}" if ":" in a else f"{a}:{s['port']}"
-        no_ip = dec["dir"] == 0
-        if no_ip.any():
-            bad = rows["af"] == 0
-            client = np.where(bad, None, client)
-            vip = np.where(bad, None, vip)
-        protos = dec["proto"]
-        state = np.empty(n, dtype=object)
-        state[:] = None
-        has_conn = dec["conn"] != 0
-        for p in np.unique(protos[has_conn]):
-            m = has_conn & (protos == p)
-            state[m] = self._state_table(int(p))[dec["state"][m]]
-        proto_names = np.array([_PROTO_NAMES.get(int(p), str(int(p))) if p else None for p in range(256)],
-                               dtype=object)
-        ts = dec["ts_ns"]
-        return {
-            "pkt": dec["pkt"],
-            "ts_ns": ts,
-            "dir": self.dirs[dec["dir"]],
-            "proto": proto_names[protos],
-            "client": client,
-            "vip": vip,
-            "rs": rs,
-            "action": self.actions[dec["action"]],
-            "reason": self.reasons[dec["reason"]],
-            "state": state,
-            "conn": dec["conn"],
-        }
-
-
-def _ts_text(ts_ns: np.ndarray) -> list[str]:
-    sec, frac = np.divmod(ts_ns.astype(np.int64), 1_000_000_000)
-    return [f"{s}.{f:09d}" for s, f in zip(sec.tolist(), frac.tolist())]
+def server_texts(engine) -> tuple[list[str], list[str]]:
+    """Endpoint text per real-server id and per service id ('' for fwmark services)."""
+    rs = [_endpoint(d["addr"], d["port"]) for d in engine.dests()]
+    svc_by_id = {s["id"]: s for s in engine.services()}
+    n = max(svc_by_id, default=-1) + 1
+    svc = ["" if (i not in svc_by_id or svc_by_id[i].get("fwmark")) else
+           _endpoint(svc_by_id[i]["addr"], svc_by_id[i]["port"]) for i in range(n)]
+    return rs, svc
 
 
 class DecisionWriter:
-    """Writes decision records to ``.jsonl``, ``.csv`` or ``.parquet`` (chosen by extension or fmt)."""
+    """Writes one engine's decisions to ``path`` as ``.jsonl``, ``.csv`` or ``.parquet``.
 
-    def __init__(self, path: str, engine, fmt: Optional[str] = None):
-        if fmt is None:
-            ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
-            fmt = {"jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "csv": "csv", "parquet": "parquet",
-                   "pq": "parquet"}.get(ext)
-            if fmt is None:
-                raise ValueError(f"{path}: unknown decisions format (use .jsonl, .csv or .parquet)")
-        self.fmt = fmt
+    ``write(batch, start, stop, dec)`` takes a burst as :func:`ipvsflow.replay.replay` hands
+    it over; call ``refresh()`` after rule changes (new real servers) and ``close()`` at the end.
+    """
+
+    def __init__(self, path: str, engine, fmt: Optional[str] = None, chunk: int = 1 << 17,
+                 compression: str = "lz4"):
+        self.fmt = format_for(path, fmt)
         self.path = path
-        self.fmtr = DecisionFormatter(engine)
+        self.engine = engine
         self.rows = 0
-        self._pq_writer = None
-        self._pq_schema = None
-        if fmt == "parquet":
+        self._vocab = _Vocab()
+        self._pq = None
+        self._chunk = None
+        self._pool = None
+        self._pending = None
+        if self.fmt == "parquet":
             try:
                 import pyarrow  # noqa: F401
+                import pyarrow.parquet  # noqa: F401
             except ImportError:
                 raise ValueError("Parquet output needs pyarrow: pip install 'ipvsflow[parquet]'") from None
-            self._fh = None
+            from ._analysis import ColumnChunk
+            self._enc = self._vocab.encoder("columns")
+            self._chunk = ColumnChunk(chunk)
+            self._compression = compression
+            self._fh = open(path, "wb")      # fail early on a bad path, like the text formats
         else:
-            self._fh = open(path, "w", encoding="utf-8", newline="")
-            if fmt == "csv":
-                self._fh.write(",".join(COLUMNS) + "\n")
+            self._enc = self._vocab.encoder(self.fmt)
+            self._fh = open(path, "wb", buffering=0)
+            self._buf: list[bytes] = []
+            self._buffered = 0
+            if self.fmt == "csv":
+                self._fh.write((",".join(COLUMNS) + "\n").encode())
+        self.refresh()
 
     def refresh(self) -> None:
-        self.fmtr.refresh()
+        """Re-read real servers and services (after rule changes)."""
+        rs, svc = server_texts(self.engine)
+        self._rs_names = rs
+        self._enc.set_servers(rs, svc)
 
-    def write(self, rows: np.ndarray, dec: np.ndarray) -> None:
-        if len(dec) == 0:
+    def write(self, batch, start: int, stop: int, dec: np.ndarray) -> None:
+        m = stop - start
+        if m <= 0:
             return
-        c = self.fmtr.columns(rows, dec)
-        self.rows += len(dec)
-        if self.fmt == "parquet":
-            self._write_parquet(c)
+        self.rows += m
+        if self._chunk is not None:
+            done = 0
+            while done < m:
+                room = self._chunk.cap - self._chunk.n
+                k = min(room, m - done)
+                self._enc.columns(batch, start + done, start + done + k, dec[done:done + k], self._chunk)
+                done += k
+                if self._chunk.n == self._chunk.cap:
+                    self._flush_parquet()
             return
-        ts = _ts_text(c["ts_ns"])
-        cols = [c["pkt"].tolist(), ts, c["dir"].tolist(), c["proto"].tolist(), c["client"].tolist(),
-                c["vip"].tolist(), c["rs"].tolist(), c["action"].tolist(), c["reason"].tolist(),
-                c["state"].tolist(), c["conn"].tolist()]
-        if self.fmt == "jsonl":
-            def q(v):
-                return "null" if v is None else json.dumps(v)
-            lines = [
-                f'{{"pkt":{p},"ts":{t},"dir":{q(d)},"proto":{q(pr)},"client":{q(cl)},"vip":{q(vi)},'
-                f'"rs":{q(r)},"action":{q(a)},"reason":{q(re)},"state":{q(s)},"conn":{cn if cn else "null"}}}\n'
-                for p, t, d, pr, cl, vi, r, a, re, s, cn in zip(*cols)]
-        else:
-            def e(v):
-                return "" if v is None else str(v)
-            lines = [",".join((str(p), t, e(d), e(pr), e(cl), e(vi), e(r), e(a), e(re), e(s),
-                               str(cn) if cn else "")) + "\n"
-                     for p, t, d, pr, cl, vi, r, a, re, s, cn in zip(*cols)]
-        self._fh.write("".join(lines))
+        data = self._enc.encode(batch, start, stop, dec)
+        self._buf.append(data)
+        self._buffered += len(data)
+        if self._buffered >= 1 << 22:
+            self._flush_text()
 
-    def _write_parquet(self, c: dict) -> None:
+    def _flush_text(self) -> None:
+        if self._buf:
+            self._fh.write(b"".join(self._buf))
+            self._buf = []
+            self._buffered = 0
+
+    def _table(self):
         import pyarrow as pa
-        import pyarrow.parquet as pq
+        c = self._chunk
+        n = int(c.n)
+        names = pa.array(self._vocab.names, pa.string())
 
-        conn = c["conn"].astype(np.uint64)
-        table = pa.table({
-            "pkt": pa.array(c["pkt"].astype(np.uint64)),
-            "ts": pa.array((c["ts_ns"].astype(np.int64) / 1e9)),
-            "ts_ns": pa.array(c["ts_ns"].astype(np.int64)),
-            "dir": pa.array(c["dir"].tolist(), pa.string()).dictionary_encode(),
-            "proto": pa.array(c["proto"].tolist(), pa.string()).dictionary_encode(),
-            "client": pa.array(c["client"].tolist(), pa.string()),
-            "vip": pa.array(c["vip"].tolist(), pa.string()).dictionary_encode(),
-            "rs": pa.array(c["rs"].tolist(), pa.string()).dictionary_encode(),
-            "action": pa.array(c["action"].tolist(), pa.string()).dictionary_encode(),
-            "reason": pa.array(c["reason"].tolist(), pa.string()).dictionary_encode(),
-            "state": pa.array(c["state"].tolist(), pa.string()).dictionary_encode(),
+        def dict_col(codes):
+            codes = codes[:n]
+            mask = codes < 0
+            idx = pa.array(codes, mask=mask if mask.any() else None)
+            return pa.DictionaryArray.from_arrays(idx, names)
+
+        client_text, vip_text = c.texts()
+        ip = c.a_ip[:n].astype(bool)
+        valid = None if ip.all() else pa.py_buffer(np.packbits(ip, bitorder="little").tobytes())
+        nulls = int(n - ip.sum())
+        client = pa.StringArray.from_buffers(n, pa.py_buffer(c.a_client_off[:n + 1].tobytes()),
+                                             pa.py_buffer(client_text), valid, nulls)
+        vip = pa.StringArray.from_buffers(n, pa.py_buffer(c.a_vip_off[:n + 1].tobytes()),
+                                          pa.py_buffer(vip_text), valid, nulls)
+        rs_ids = c.a_rs[:n]
+        rs_mask = rs_ids < 0
+        rs = pa.DictionaryArray.from_arrays(pa.array(rs_ids, mask=rs_mask if rs_mask.any() else None),
+                                            pa.array(self._rs_names or [""], pa.string()))
+        conn = c.a_conn[:n]
+        return pa.table({
+            "pkt": pa.array(c.a_pkt[:n]),
+            "ts": pa.array(c.a_ts[:n], pa.timestamp("ns", tz="UTC")),
+            "dir": dict_col(c.a_dir),
+            "proto": dict_col(c.a_proto),
+            "client": client,
+            "vip": vip,
+            "rs": rs,
+            "action": dict_col(c.a_action),
+            "reason": dict_col(c.a_reason),
+            "state": dict_col(c.a_state),
             "conn": pa.array(conn, mask=(conn == 0)),
         })
-        table = table.cast(pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
-                                      for f in table.schema]))
-        if self._pq_writer is None:
-            self._pq_schema = table.schema
-            self._pq_writer = pq.ParquetWriter(self.path, self._pq_schema)
-        self._pq_writer.write_table(table.cast(self._pq_schema))
+
+    def _flush_parquet(self) -> None:
+        # Arrow arrays share the chunk's buffers; the Parquet encoding (which releases the GIL)
+        # runs on a writer thread while the next chunk fills, one chunk in flight at most.
+        import pyarrow.parquet as pq
+        from ._analysis import ColumnChunk
+        if self._chunk.n == 0 and self._pq is not None:
+            return
+        table = self._table()
+        if self._pq is None:
+            # the small vocabularies are dictionary columns already; high-cardinality columns
+            # (client, packet numbers, times) are cheaper written plain, without statistics
+            self._pq = pq.ParquetWriter(self._fh, table.schema, compression=self._compression,
+                                        use_dictionary=["dir", "proto", "vip", "rs", "action", "reason", "state"],
+                                        write_statistics=["pkt", "ts", "conn"])
+        self._wait()
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
+        self._pending = self._pool.submit(self._pq.write_table, table)
+        self._chunk = ColumnChunk(self._chunk.cap)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            f, self._pending = self._pending, None
+            f.result()
 
     def close(self) -> None:
-        if self._pq_writer is not None:
-            self._pq_writer.close()
-            self._pq_writer = None
-        elif self.fmt == "parquet" and self.rows == 0:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-            pq.write_table(pa.table({k: pa.array([], pa.string()) for k in COLUMNS}), self.path)
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fh is None:
+            return
+        if self.fmt == "parquet":
+            try:
+                if self._chunk.n or self._pq is None:
+                    self._flush_parquet()
+                self._wait()
+            finally:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
+                    self._pool = None
+                if self._pq is not None:
+                    self._pq.close()
+                    self._pq = None
+        else:
+            self._flush_text()
+        self._fh.close()
+        self._fh = None
 
     def __enter__(self):
         return self
@@ -245,15 +247,19 @@ class DecisionWriter:
         self.close()
 
 
-def read_decisions(path: str) -> list[dict]:
-    """Read a decisions file back (any of the three formats) as a list of dicts (tests, tools)."""
-    if path.endswith(".parquet"):
+def read_decisions(path: str, fmt: Optional[str] = None) -> list[dict]:
+    """Read a decisions file back (any of the three formats) as a list of dicts with the
+    DESIGN.md columns (``ts`` as float seconds)."""
+    fmt = format_for(path, fmt)
+    if fmt == "parquet":
         import pyarrow.parquet as pq
-        t = pq.read_table(path).to_pylist()
-        for r in t:
-            r.pop("ts_ns", None)
-        return t
-    if path.endswith(".csv"):
+        t = pq.read_table(path)
+        ts = t.column("ts").cast("int64").to_numpy(zero_copy_only=False) if t.num_rows else np.zeros(0, np.int64)
+        rows = t.drop_columns(["ts"]).to_pylist()
+        for r, v in zip(rows, ts.tolist()):
+            r["ts"] = v / 1e9
+        return rows
+    if fmt == "csv":
         import csv
         out = []
         with open(path, newline="") as fh:

@@ -3,6 +3,11 @@
 An event's time is seconds after the first packet; it applies before the first packet whose
 time is at or after it (expiry first runs up to the event's time, as the kernel's timers would).
 Several engines receive the very same bursts, so a comparison parses the capture once.
+
+A ``clock`` (optional) is told the first packet's time and then asked for sampling boundaries:
+before the first packet at or after a boundary, every engine's clock is advanced to it (its
+timers fire, as the kernel's would in real time) and ``clock.tick(boundary)`` records what it
+wants and returns the next boundary.
 """
 from __future__ import annotations
 
@@ -20,72 +25,97 @@ class ReplayStats:
     batches: int = 0
     first_ts_ns: Optional[int] = None
     last_ts_ns: Optional[int] = None
-    events_applied: list = field(default_factory=list)   # (Event, packet index it preceded)
+    events_applied: list = field(default_factory=list)   # (Event, index of the packet it preceded)
 
 
-# on_decisions(engine_index, batch_rows, decisions) with batch_rows = batch.to_numpy()[start:stop]
-DecisionSink = Callable[[int, np.ndarray, np.ndarray], None]
+# on_decisions(engine_index, batch, start, stop, decisions): packets [start, stop) of batch
+DecisionSink = Callable[[int, object, int, int, np.ndarray], None]
+_NEVER = 1 << 62
 
 
 def replay(batches: Iterable, engines: Sequence, events: Sequence[tuple[Event, Command]] = (),
            on_decisions: Optional[DecisionSink] = None,
            on_progress: Optional[Callable[[ReplayStats], None]] = None,
-           strict_events: bool = True, until: Optional[float] = None) -> ReplayStats:
+           strict_events: bool = True, until: Optional[float] = None,
+           on_event: Optional[Callable[[Event, Command, int], None]] = None,
+           clock=None) -> ReplayStats:
     """Run every batch through every engine. Returns totals.
 
     With ``strict_events`` an event whose time lies after the last packet raises ConfigError
     (it could not have changed anything), naming the event. ``until`` (seconds after the first
     packet) stops before the first packet at or after that time and advances the engines' clocks
-    to it.
+    to it. ``on_event(event, command, packet_index)`` runs after each event was applied.
     """
     pending = sorted(events, key=lambda ec: ec[0].t)
     st = ReplayStats()
     t0: Optional[int] = None
+    ev_ts = tick_ts = until_ts = _NEVER
     for batch in batches:
-        rows = batch.to_numpy()
-        n = len(rows)
+        n = batch.count
         if n == 0:
             continue
-        ts = rows["ts_ns"]
+        ts = batch.to_numpy()["ts_ns"]
         if t0 is None:
             t0 = int(ts[0])
             st.first_ts_ns = t0
-        start = 0
-        limit = n
-        if until is not None:
-            late = np.flatnonzero(ts >= t0 + int(round(until * 1e9)))
-            if len(late):
-                limit = int(late[0])
-        while start < limit:
-            stop = limit
             if pending:
                 ev_ts = t0 + int(round(pending[0][0].t * 1e9))
-                due = np.flatnonzero(ts[start:limit] >= ev_ts)
-                if len(due):
-                    stop = start + int(due[0])
+            if clock is not None:
+                tick_ts = clock.first(t0)
+                tick_ts = _NEVER if tick_ts is None else int(tick_ts)
+            if until is not None:
+                until_ts = t0 + int(round(until * 1e9))
+        limit = n
+        tmax = int(ts.max())
+        if tmax >= until_ts:
+            late = np.flatnonzero(ts >= until_ts)
+            limit = int(late[0])
+            tmax = int(ts[:limit].max()) if limit else tmax
+        start = 0
+        while True:
+            cut = ev_ts if ev_ts <= tick_ts else tick_ts
+            stop = limit
+            if tmax >= cut and start < limit:
+                seg = ts[start:limit] >= cut
+                k = int(seg.argmax())
+                if seg[k]:
+                    stop = start + k
             if stop > start:
                 for k, eng in enumerate(engines):
                     dec = eng.process(batch, start, stop)
                     if on_decisions is not None:
-                        on_decisions(k, rows[start:stop], dec)
-            if stop < limit:
+                        on_decisions(k, batch, start, stop, dec)
+                start = stop
+            if start >= limit:
+                break
+            # packet ``start`` is at or after ``cut``: the boundary or event comes first
+            if cut == tick_ts:
+                for eng in engines:
+                    eng.advance(tick_ts)
+                nxt = clock.tick(tick_ts)
+                tick_ts = _NEVER if nxt is None else max(int(nxt), tick_ts + 1)
+            else:
                 ev, cmd = pending.pop(0)
-                ev_ts = t0 + int(round(ev.t * 1e9))
                 for eng in engines:
                     eng.advance(ev_ts)
                     _apply(eng, cmd)
-                st.events_applied.append((ev, st.packets + stop))
-            start = stop
+                st.events_applied.append((ev, st.packets + start))
+                if on_event is not None:
+                    on_event(ev, cmd, st.packets + start)
+                ev_ts = t0 + int(round(pending[0][0].t * 1e9)) if pending else _NEVER
         st.packets += limit
         st.batches += 1
-        if limit < n:
-            for eng in engines:
-                eng.advance(t0 + int(round(until * 1e9)))
-            st.last_ts_ns = int(ts[limit - 1]) if limit else st.last_ts_ns
-            return st
-        st.last_ts_ns = int(ts[-1]) if st.last_ts_ns is None else max(st.last_ts_ns, int(ts[-1]))
+        if limit:
+            st.last_ts_ns = tmax if st.last_ts_ns is None else max(st.last_ts_ns, tmax)
         if on_progress is not None:
             on_progress(st)
+        if limit < n:
+            for eng in engines:
+                eng.advance(until_ts)
+            return st
+    if until_ts != _NEVER:
+        for eng in engines:
+            eng.advance(until_ts)
     if pending and strict_events:
         ev = pending[0][0]
         span = 0.0 if st.first_ts_ns is None else (st.last_ts_ns - st.first_ts_ns) / 1e9

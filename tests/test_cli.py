@@ -81,14 +81,15 @@ def test_analyze_writes_decisions_in_three_formats_that_agree(capture, rules, tm
     assert d[2]["state"] == "FIN_WAIT" and d[0]["state"] == "SYN_RECV"
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["packets"] == 12
-    assert sum(sum(v.values()) for v in report["accounting"].values()) == 12
+    assert sum(r["packets"] for r in report["accounting"]) == 12
+    assert report["totals"] == {"new": 2, "hit": 9, "resched": 1}
 
 
 def test_analyze_bad_inputs_exit_1_with_one_line(capture, rules, tmp_path, capsys):
     cases = [
         (["analyze", tmp_path / "missing.pcap", "-C", rules], "missing.pcap"),
         (["analyze", tmp_path, "-C", rules], "directory"),
-        (["analyze", rules, "-C", rules], "not a capture"),
+        (["analyze", rules, "-C", rules], "not a pcap or pcapng file"),
         (["analyze", capture, "-C", tmp_path / "nope.conf"], "no such rules file"),
         (["analyze", capture, "-R", "-A -t 10.0.0.100:80 -s fastest"], "unknown scheduler"),
         (["analyze", capture, "-C", rules, "--sysctl", "bogus=1"], "unknown sysctl"),
@@ -97,6 +98,22 @@ def test_analyze_bad_inputs_exit_1_with_one_line(capture, rules, tmp_path, capsy
         (["analyze", capture, "-C", rules, "--kernel", "2.6"], "unknown kernel"),
         (["analyze", capture, "-C", rules, "--decisions", tmp_path / "d.txt"], "unknown decisions format"),
     ]
+    cases += [
+        (["analyze", capture, "-C", rules, "--plot", tmp_path / "p.png", "--plot-size", "big"], "--plot-size"),
+        (["analyze", capture, "-C", rules, "--conns", tmp_path / "c.xyz"], "unknown connections format"),
+        (["analyze", capture, "-C", rules, "--json", tmp_path / "no" / "r.json"], "does not exist"),
+        (["analyze", capture, "-C", rules, "--event", "+1s -e -t 10.0.0.100:80 -r 10.0.1.9:80 -w 0"],
+         "10.0.1.9"),
+        (["analyze", capture, "-C", rules, "--out-pcap", tmp_path / "o.pcap", "--neighbour", "10.0.1.1"],
+         "--neighbour"),
+        (["compare", capture, "-C", rules, "--reuse-mode", "0,x"], "--reuse-mode"),
+        (["compare", capture, "-C", rules, "--reuse-mode", "7"], "conn_reuse_mode is 0..3"),
+        (["compare", capture, "-C", rules, "--sched", "rr,fastest"], "unknown scheduler"),
+        (["compare", capture, "-C", rules, "--kernel", "6.1,2.6"], "unknown kernel"),
+        (["conns", capture], "no rules"),
+        (["analyze", capture, "--demo"], "not both"),
+        (["analyze"], "no capture"),
+    ]
     empty = tmp_path / "empty.pcap"
     empty.write_bytes(b"")
     cases.append((["analyze", empty, "-C", rules], "empty"))
@@ -104,7 +121,7 @@ def test_analyze_bad_inputs_exit_1_with_one_line(capture, rules, tmp_path, capsy
     bad_rules.write_text(RULES + "-a -t 10.0.0.100:80 -r 10.0.1.3:80 -w many\n")
     cases.append((["analyze", capture, "-C", bad_rules], "bad.conf:4"))
     for args, words in cases:
-        rc, out, err = run(args + ["-q"], capsys)
+        rc, out, err = run(args + (["-q"] if args[0] != "conns" else []), capsys)
         assert rc == 1, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("ipvsflow: error: "), err
@@ -134,3 +151,78 @@ def test_conns_lists_the_table_like_ipvsadm(capture, rules, capsys):
     assert rc == 0, err
     rows = [ln.split() for ln in out.splitlines()[2:]]
     assert [(r[2], r[3]) for r in rows] == [("FIN_WAIT", "10.0.0.1:40000")]
+
+
+def test_analyze_without_rules_infers_the_service(capture, capsys, tmp_path):
+    rc, out, err = run(["analyze", capture, "-q", "--json", tmp_path / "r.json"], capsys)
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert len(rep["inferred_services"]) == 1
+    assert rep["inferred_services"][0].startswith("TCP 10.0.0.100:80: 3 of 3 connection starts")
+    assert "inferred" in out
+    # one real server at the VIP: every SYN lands there; the third reuses port 40000 (FIN_WAIT, kept)
+    assert rep["totals"] == {"new": 2, "hit": 10}
+    assert rep["reuse"][0]["old_state"] == "FIN_WAIT" and rep["reuse"][0]["outcome"] == "kept"
+
+
+def _png_size(path):
+    import struct as st
+    data = open(path, "rb").read(32)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return st.unpack("!II", data[16:24])
+
+
+def test_plots_are_pngs_of_the_requested_size(capture, rules, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (the [plot] extra)")
+    p = tmp_path / "load.png"
+    rc, out, err = run(["analyze", capture, "-C", rules, "-q", "--plot", p, "--plot-size", "900x500",
+                        "--event", "+2s -e -t 10.0.0.100:80 -r 10.0.1.1:80 -w 0"], capsys)
+    assert rc == 0, err
+    assert _png_size(p) == (900, 500)
+    p = tmp_path / "cmp.png"
+    rc, out, err = run(["compare", capture, "-C", rules, "-q", "--reuse-mode", "1,2", "--plot", p], capsys)
+    assert rc == 0, err
+    assert _png_size(p) == (1200, 700)
+
+
+def test_compare_runs_every_policy_on_one_parse(capture, rules, tmp_path, capsys):
+    out = tmp_path / "cmp.json"
+    rc, stdout, err = run(["compare", capture, "-C", rules, "-q", "--reuse-mode", "0,1,2", "--sched", "rr,wlc",
+                           "--json", out], capsys)
+    assert rc == 0, err
+    res = json.loads(out.read_text())
+    labels = [p["label"] for p in res["policies"]]
+    assert labels == [f"mode {m}, {s}" for m in (0, 1, 2) for s in ("rr", "wlc")]
+    for p in res["policies"]:
+        assert p["packets"] == 12
+        mode = int(p["label"].split()[1][0])
+        # DR: the port-40000 SYN hits a FIN_WAIT entry; only mode 2 reschedules it
+        want = {"kept": 1, "rescheduled": 0, "dropped": 0} if mode < 2 else {"kept": 0, "rescheduled": 1,
+                                                                               "dropped": 0}
+        assert p["reuse_totals"] == want
+    for label in labels:
+        assert label in stdout
+
+
+def test_conns_file_formats_agree(capture, rules, tmp_path, capsys):
+    from ipvsflow.conns import read_conns
+    got = {}
+    for ext in ("log", "jsonl", "csv", "parquet"):
+        path = tmp_path / f"c.{ext}"
+        rc, out, err = run(["analyze", capture, "-C", rules, "-q", "--conns", path], capsys)
+        assert rc == 0, err
+        got[ext] = read_conns(str(path))
+    base = got["jsonl"]
+    assert len(base) == 3
+    for ext in ("log", "csv", "parquet"):
+        assert len(got[ext]) == 3
+        for a, b in zip(base, got[ext]):
+            for k, v in a.items():
+                if isinstance(v, float):
+                    assert b[k] == pytest.approx(v, abs=1e-6), (ext, k)
+                else:
+                    assert b[k] == v, (ext, k, a, b)
+    first, second, third = base
+    assert (first["id.orig_p"], third["id.orig_p"]) == (40000, 40000)
+    assert third["reuse_of"] == first["uid"] and third["reuse_decision"] == "kept"
+    assert first["history"] == "SAF" and first["orig_pkts"] == 4 and first["resp_pkts"] == 0
