@@ -135,17 +135,21 @@ def _cache_dir() -> str:
 
 
 def _demo_inputs() -> tuple[str, str, str]:
-    """The demo capture, rules and events (synth preset ``default``), built once into a cache dir."""
+    """The demo capture, rules and events (synth preset ``default``), built once into a cache dir.
+
+    The rules are DR, so the capture is the DR director's view: client packets only.
+    """
     from . import synth
 
     base = _cache_dir()
-    stem = os.path.join(base, f"demo-{__version__}")
+    stem = os.path.join(base, f"demo-dr-{__version__}")
     cap, rules, events = stem + ".pcap", stem + ".rules", stem + ".events"
     if not (os.path.exists(cap) and os.path.exists(rules) and os.path.exists(events)):
         tmp = f"{stem}.tmp{os.getpid()}"
         print("building the demo capture (once) ...", file=sys.stderr)
         try:
-            synth.synthesize_preset("default", tmp + ".pcap", rules=tmp + ".rules", events=tmp + ".events")
+            synth.synthesize_preset("default", tmp + ".pcap", rules=tmp + ".rules", events=tmp + ".events",
+                                    view="dr")
         except ValueError as exc:
             raise UserError(f"cannot build the demo capture: {exc}") from None
         for ext in (".rules", ".events", ".pcap"):
