@@ -3,7 +3,8 @@ fixtures under tests/fixtures/oracle/, produced independently of this code).
 
 * Pure scheduling scenarios (every injected packet is a SYN from a new client port, so every
   packet schedules one new connection): replaying the service table with the fixture's rules and
-  actions must reproduce `summary.rs_sequence` exactly, rr/wrr cursor state and edits included.
+  actions must reproduce `summary.rs_sequence` exactly, rr/wrr cursor state, the sh/dh/mh tables,
+  scheduler flags (sh-port, sh-fallback, mh-port, mh-fallback) and edits included.
 * Stateless schedulers (lc, wlc, sed, nq, fo, ovf) in any scenario: for every SYN from a client
   port not seen before, the scheduler given the kernel's counters at that moment (`dests_after`
   of that packet, minus the new connection itself) must choose the kernel's real server.
@@ -18,7 +19,7 @@ from ipvsflow.engine._svctest import SvcTable
 from svc_helpers import cmd
 
 FIXTURES = Path(__file__).parent / "fixtures" / "oracle"
-IMPLEMENTED = {"rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf"}
+IMPLEMENTED = {"rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf", "sh", "dh", "mh"}
 STATELESS = {"lc", "wlc", "sed", "nq", "fo", "ovf"}
 FWD = {"dr": "-g", "nat": "-m", "tun": "-i"}
 
@@ -45,7 +46,7 @@ def _usable(d: Path):
     exp, opts, actions = _load(d)
     cfg = exp.get("config", {})
     if (not exp.get("ok") or cfg.get("sched") not in IMPLEMENTED or cfg.get("persistent")
-            or cfg.get("rules") or cfg.get("sched_flags") or cfg.get("proto") != "tcp"):
+            or cfg.get("rules") or cfg.get("proto") != "tcp"):
         return None
     return exp, opts, actions
 
@@ -68,7 +69,8 @@ def _build(exp, opts):
     cfg = exp["config"]
     vs = _ep(cfg["vip"], cfg["vport"])
     t = SvcTable()
-    t.apply(cmd(f"-A -t {vs} -s {cfg['sched']}"))
+    flags = f" -b {cfg['sched_flags']}" if cfg.get("sched_flags") else ""
+    t.apply(cmd(f"-A -t {vs} -s {cfg['sched']}{flags}"))
     n = len(exp["real_servers"])
     ut = [int(x) for x in opts.get("--u-thresholds", ",".join(["0"] * n)).split(",")]
     lt = [int(x) for x in opts.get("--l-thresholds", ",".join(["0"] * n)).split(",")]
@@ -92,8 +94,8 @@ def _injected(exp):
 
 def _pure(exp, opts, actions):
     pk = _injected(exp)
-    tuples = [(p["src"], p["sport"]) for p in pk]
-    return (pk and all(p["dir"] == "c2s" and p["flags"] == "S" for p in pk)
+    tuples = [(p["src"], p.get("sport")) for p in pk]
+    return (pk and all(p["dir"] == "c2s" and p.get("flags") == "S" for p in pk)
             and len(set(tuples)) == len(tuples) and max(p["ts"] for p in pk) < 50)
 
 
@@ -115,7 +117,8 @@ def test_pure_scheduling_sequence_matches_kernel(fixture):
     got = []
     for p in _injected(exp):
         _apply_actions(t, actions, p["index"])
-        d = t.connect(0)[0]            # SYN: bind, NONE -> SYN_RECV is an active state
+        # SYN: bind, NONE -> SYN_RECV is an active state
+        d = t.connect(0, src=p["src"], sport=p["sport"])[0]
         got.append(_rs_index(t, exp, d))
     assert got == exp["summary"]["rs_sequence"]
 
@@ -133,10 +136,10 @@ def test_stateless_scheduler_choices_match_kernel(fixture):
         _apply_actions(t, actions, p["index"])
         if not p.get("injected") or p["dir"] != "c2s":
             continue
-        key = (p["src"], p["sport"])
+        key = (p["src"], p.get("sport"))
         fresh = key not in seen
         seen.add(key)
-        if not (fresh and p["flags"] == "S"):
+        if not (fresh and p.get("flags") == "S"):
             continue
         chosen = p["rs"] if p.get("forwarded") else None
         for da in p["dests_after"]:

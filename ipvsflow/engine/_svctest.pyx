@@ -14,6 +14,11 @@ from ipvsflow.engine.services cimport (
     svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
     svc_describe, dest_describe, dest_eligible,
 )
+from ipvsflow.engine.defs cimport SCHED_SH, SCHED_DH, SCHED_MH
+from ipvsflow.engine.sched_sh cimport sh_state, SH_TAB_SIZE
+from ipvsflow.engine.sched_dh cimport dh_state, DH_TAB_SIZE
+from ipvsflow.engine.sched_mh cimport mh_state, MH_TAB_SIZE, MH_KEY1, MH_KEY2, mh_hashkey as _mh_hashkey
+from ipvsflow.engine cimport hsiphash as _hs
 
 
 cdef bytes _addr16(object text):
@@ -65,16 +70,80 @@ cdef class SvcTable:
         cdef int fam = af if af is not None else (6 if ":" in addr else 4)
         return svc_find(self.e, <uint8_t>proto, <uint8_t>fam, a, <uint16_t>port, fwmark)
 
-    def schedule(self, int svc, str src="10.0.0.1", int sport=40000, int proto=6):
-        """One scheduler call for a stand-in packet from src:sport; dest id or -1."""
+    def schedule(self, int svc, str src="10.0.0.1", int sport=40000, int proto=6, dst=None, int dport=-1):
+        """One scheduler call for a stand-in packet from src:sport to dst:dport (default: the
+        service's own address and port, as a packet to the VIP); dest id or -1."""
         cdef pkt_desc p
         cdef bytes a = _addr16(src)
+        cdef bytes b
         memset(&p, 0, sizeof(pkt_desc))
         p.proto = <uint8_t>proto
         p.af = 6 if ":" in src else 4
         p.sport = <uint16_t>sport
         memcpy(p.src, <const char *>a, 16)
+        if 0 <= svc < <int>self.e.n_svcs:
+            memcpy(p.dst, self.e.svcs[svc].addr, 16)
+            p.dport = self.e.svcs[svc].port
+        if dst is not None:
+            b = _addr16(dst)
+            memcpy(p.dst, <const char *>b, 16)
+        if dport >= 0:
+            p.dport = <uint16_t>dport
         return svc_schedule(self.e, svc, &p)
+
+    def schedule_many(self, int svc, uint32_t n, str src="198.51.100.1", int sport=1024, int proto=6):
+        """n scheduler calls without the GIL, the client address (last 32 bits) and source port
+        counting up from src:sport for each; returns how many found a destination."""
+        cdef pkt_desc p
+        cdef bytes a = _addr16(src)
+        cdef uint32_t i, base, found = 0, v
+        if not 0 <= svc < <int>self.e.n_svcs:
+            raise IndexError(svc)
+        memset(&p, 0, sizeof(pkt_desc))
+        p.proto = <uint8_t>proto
+        p.af = 6 if ":" in src else 4
+        memcpy(p.src, <const char *>a, 16)
+        memcpy(p.dst, self.e.svcs[svc].addr, 16)
+        p.dport = self.e.svcs[svc].port
+        base = (<uint32_t>p.src[12] << 24) | (<uint32_t>p.src[13] << 16) | (<uint32_t>p.src[14] << 8) | p.src[15]
+        with nogil:
+            for i in range(n):
+                v = base + i
+                p.src[12] = (v >> 24) & 0xff
+                p.src[13] = (v >> 16) & 0xff
+                p.src[14] = (v >> 8) & 0xff
+                p.src[15] = v & 0xff
+                p.sport = <uint16_t>(sport + i)
+                if svc_schedule(self.e, svc, &p) >= 0:
+                    found += 1
+        return found
+
+    def sched_table(self, int svc):
+        """The hashing scheduler's table of a service (sh/dh: 256 buckets, mh: 4093 slots) as a
+        list of dest ids (-1 = empty); None for other schedulers or a service without one."""
+        cdef service_t *s
+        if not 0 <= svc < <int>self.e.n_svcs:
+            raise IndexError(svc)
+        s = &self.e.svcs[svc]
+        if s.sched_data == NULL:
+            return None
+        if s.sched == SCHED_SH:
+            return [(<sh_state *>s.sched_data).buckets[i] for i in range(SH_TAB_SIZE)]
+        if s.sched == SCHED_DH:
+            return [(<dh_state *>s.sched_data).buckets[i] for i in range(DH_TAB_SIZE)]
+        if s.sched == SCHED_MH:
+            return [(<mh_state *>s.sched_data).lookup[i] for i in range(MH_TAB_SIZE)]
+        return None
+
+    def mh_weights(self, int svc):
+        """(gcd, rshift) of an mh service's last table build."""
+        cdef service_t *s
+        if not 0 <= svc < <int>self.e.n_svcs:
+            raise IndexError(svc)
+        s = &self.e.svcs[svc]
+        if s.sched != SCHED_MH or s.sched_data == NULL:
+            raise ValueError(f"service {svc} has no mh table")
+        return ((<mh_state *>s.sched_data).gcd, (<mh_state *>s.sched_data).rshift)
 
     def bind(self, uint32_t dest, int proto=6, bint template=False):
         """A new stand-in entry bound to `dest` (flags: TEMPLATE if asked, plus the dest's
@@ -100,12 +169,14 @@ cdef class SvcTable:
         self.n_entries += 1
         return self.n_entries - 1
 
-    def connect(self, int svc, int n=1, int proto=6, bint active=True):
-        """n new connections as the engine core makes them: schedule, bind, and (TCP SYN ->
-        SYN_RECV, an active state) move to active. Returns the chosen dest ids (-1: none)."""
+    def connect(self, int svc, int n=1, int proto=6, bint active=True, str src="10.0.0.1",
+                int sport=40000):
+        """n new connections from src:sport as the engine core makes them: schedule, bind, and
+        (TCP SYN -> SYN_RECV, an active state) move to active. Returns the chosen dest ids (-1:
+        none)."""
         out = []
         for _ in range(n):
-            d = self.schedule(svc, proto=proto)
+            d = self.schedule(svc, src=src, sport=sport, proto=proto)
             if d >= 0:
                 h = self.bind(d, proto=proto)
                 if active:
@@ -188,3 +259,37 @@ cdef class SvcTable:
     @property
     def n_svcs(self):
         return self.e.n_svcs
+
+
+# ---- hash primitives of the hashing schedulers, for tests -----------------------------------
+
+MH_TAB_SIZE_ = MH_TAB_SIZE
+MH_KEYS = (MH_KEY1, MH_KEY2)
+
+
+def hsiphash(bytes data, uint64_t k0, uint64_t k1):
+    """The kernel's 64-bit hsiphash of a byte string with key (k0, k1)."""
+    return _hs.hsiphash_bytes(<const uint8_t *>data, len(data), k0, k1)
+
+
+def hsiphash_u32(uint32_t v, uint64_t k0, uint64_t k1):
+    """hsiphash of the 4 bytes of a little-endian u32 (hsiphash(&v, 4, key) on x86_64)."""
+    return _hs.hsiphash_u32(v, k0, k1)
+
+
+def hash_32(uint32_t v, unsigned int bits):
+    return _hs.hash_32(v, bits)
+
+
+def addr_fold(str addr, int svc_af=0):
+    """ntohl(addr_fold) of an address for a service of family svc_af (default: the address's)."""
+    cdef bytes a = _addr16(addr)
+    cdef int af = 6 if ":" in addr else 4
+    return _hs.addr_fold(<const uint8_t *>a, <uint8_t>af, <uint8_t>(svc_af or af))
+
+
+def mh_hashkey(uint32_t fold, uint32_t port, int key, uint32_t offset=0):
+    """ip_vs_mh_hashkey with key 1 (lookup, offsets) or 2 (skips)."""
+    if key not in (1, 2):
+        raise ValueError("key is 1 or 2")
+    return _mh_hashkey(fold, port, MH_KEY1 if key == 1 else MH_KEY2, offset)

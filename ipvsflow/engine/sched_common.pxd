@@ -36,3 +36,18 @@ cdef inline int32_t dest_conn_overhead(const dest_t *d) noexcept nogil:
 
 cdef inline bint dest_overloaded(const dest_t *d) noexcept nogil:
     return (d.flags & 0x0002) != 0      # DEST_F_OVERLOAD
+
+
+# Scheduler flags of a service (ipvsflow.config SVC_F_SCHED*; the kernel's IP_VS_SVC_F_SCHED1/2):
+# sh-fallback / mh-fallback and sh-port / mh-port.
+cdef enum:
+    SVC_F_SCHED1 = 0x0008
+    SVC_F_SCHED2 = 0x0010
+
+
+# The client port the hashing schedulers mix in with the port flag (ip_vs_sh_get_port /
+# ip_vs_mh_get_port): the source port of TCP, UDP and SCTP packets, 0 for other protocols.
+cdef inline unsigned int sched_client_port(unsigned char proto, unsigned short sport) noexcept nogil:
+    if proto == 6 or proto == 17 or proto == 132:
+        return sport
+    return 0

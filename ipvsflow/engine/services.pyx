@@ -45,6 +45,9 @@ from ipvsflow.engine.sched_sed cimport sed_register
 from ipvsflow.engine.sched_nq cimport nq_register
 from ipvsflow.engine.sched_fo cimport fo_register
 from ipvsflow.engine.sched_ovf cimport ovf_register
+from ipvsflow.engine.sched_sh cimport sh_register
+from ipvsflow.engine.sched_dh cimport dh_register
+from ipvsflow.engine.sched_mh cimport mh_register, mh_too_many, MH_TAB_SIZE
 
 import ipaddress
 
@@ -78,6 +81,9 @@ sed_register(&SCHED_TABLE[SCHED_SED])
 nq_register(&SCHED_TABLE[SCHED_NQ])
 fo_register(&SCHED_TABLE[SCHED_FO])
 ovf_register(&SCHED_TABLE[SCHED_OVF])
+sh_register(&SCHED_TABLE[SCHED_SH])
+dh_register(&SCHED_TABLE[SCHED_DH])
+mh_register(&SCHED_TABLE[SCHED_MH])
 
 # name -> SCHED_* for every scheduler ipvsadm knows; those without an implementation here are
 # refused by svc_apply with a ConfigError naming them.
@@ -637,6 +643,9 @@ cdef object _edit_service(engine_t *e, object cmd):
     cdef service_t *s = &e.svcs[sid]
     settings = _svc_settings(cmd, cmd.service, s.af, s.proto, s.port, s.fwmark)
     if settings[0] != s.sched:
+        if settings[0] == SCHED_MH and mh_too_many(s.num_dests):
+            raise _err(cmd, f"scheduler mh maps at most {MH_TAB_SIZE} real servers; service "
+                            f"{_svc_name(s)} has {s.num_dests}")
         # ip_vs_edit_service: unbind the old scheduler, bind the new one (fresh state)
         _sched_unbind(e, s)
         _sched_bind(e, s, settings[0])
@@ -768,6 +777,10 @@ cdef object _add_dest(engine_t *e, object cmd):
     if d >= 0:
         raise _err(cmd, f"real server {_endpoint(e.dests[d].addr, af, port)} already exists in "
                         f"service {_svc_name(s)}")
+    if s.sched == SCHED_MH and mh_too_many(s.num_dests + 1):
+        # the kernel's Maglev table cannot take more servers than slots (-EINVAL on rebuild)
+        raise _err(cmd, f"scheduler mh maps at most {MH_TAB_SIZE} real servers; service "
+                        f"{_svc_name(s)} is full")
     d = _find_dest(e, s, af, a16, port, True)
     if d < 0:
         d = _new_dest_slot(e)
