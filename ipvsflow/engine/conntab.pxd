@@ -118,3 +118,276 @@ cdef uint64_t ct_index_bytes(conntab *t) noexcept nogil              # bytes hel
 cdef class ConnTable:
     # Python-facing wrapper (tests, benchmarks, listings); the engine uses the C functions.
     cdef conntab *t
+    cdef object _keep               # Python objects the wrapped table points into (dest addresses)
+
+
+# ---- inline fast paths (for callers in other modules) -------------------------------------
+# The per-packet operations as inline functions with the semantics of the ct_* functions
+# above (whose slow paths they call). A call through the module's C-API pointer costs as
+# much as a lookup at 1K connections and, in a burst pipeline, breaks up the overlap of the
+# cache misses. The structures below are conntab.pyx's internals: read-only for others.
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    static inline uint64_t ct_mum(uint64_t a, uint64_t b) {
+        __uint128_t r = (__uint128_t)a * b;
+        return (uint64_t)r ^ (uint64_t)(r >> 64);
+    }
+    /* wyhash-style mixing of two 16-byte addresses and one word of ports/proto/af/flag. */
+    static inline uint32_t ct_hash_raw(const uint8_t *a, const uint8_t *b, uint64_t w, uint64_t seed) {
+        uint64_t a0, a1, b0, b1, h;
+        memcpy(&a0, a, 8); memcpy(&a1, a + 8, 8);
+        memcpy(&b0, b, 8); memcpy(&b1, b + 8, 8);
+        h = ct_mum(a0 ^ seed ^ 0xa0761d6478bd642fULL, a1 ^ 0xe7037ed1a0b428dbULL);
+        h ^= ct_mum(b0 ^ 0x8ebc6af09c88c6e3ULL, b1 ^ seed ^ 0x589965cc75374cc3ULL);
+        h = ct_mum(h ^ w ^ 0x1d8e4e27c47d124fULL, (seed ^ 0xd6e8feb86659fd93ULL) | 1);
+        return (uint32_t)(h ^ (h >> 32)) | 0x80000000u;
+    }
+    static inline int ct_eq16(const uint8_t *x, const uint8_t *y) {
+        uint64_t x0, x1, y0, y1;
+        memcpy(&x0, x, 8); memcpy(&x1, x + 8, 8);
+        memcpy(&y0, y, 8); memcpy(&y1, y + 8, 8);
+        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
+    }
+    static inline void ct_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+    static inline void ct_prefetchw(const void *p) { __builtin_prefetch(p, 1, 3); }
+    """
+    uint32_t ct_hash_raw(const uint8_t *a, const uint8_t *b, uint64_t w, uint64_t seed) noexcept nogil
+    bint ct_eq16(const uint8_t *x, const uint8_t *y) noexcept nogil
+    void ct_prefetch(const void *p) noexcept nogil
+    void ct_prefetchw(const void *p) noexcept nogil
+
+cdef enum:
+    CT_TW_LEVELS = 6                # timer wheel levels of 256 buckets (6 * 8 bits >= 64 - 20 bits of tick)
+    CT_TW_BUCKETS = 1536
+    CT_TP_READY = 0xFFFFFFF0        # conn_entry.tprev of an entry held in the timers' ready heap
+
+ctypedef struct ct_index:
+    uint64_t *s                     # current array
+    uint64_t mask
+    uint64_t n                      # ids in s
+    uint64_t *os                    # old array while migrating, else NULL
+    uint64_t omask
+    uint64_t on                     # live ids in os
+    uint64_t ot                     # tombstones in os (unswept part)
+    uint64_t ostart                 # sweep start: an empty slot of os, never written
+    uint64_t cursor                 # slots swept so far (os positions ostart .. ostart + cursor - 1, cyclic)
+    uint64_t rel                    # swept slots whose pages were considered for release
+    uint64_t nfall                  # keys with an unswept old home put into s (old array had no room)
+    uint64_t oreleased              # bytes of os already returned to the kernel
+    uint64_t grow_fail              # growth attempts that could not map memory
+    uint64_t lost                   # unhash fell back to a full scan (entry key changed while hashed)
+    uint64_t growths
+    int out                         # 1: out-direction index
+
+
+ctypedef struct tw_bucket:
+    uint32_t head
+    uint32_t tail
+
+
+ctypedef struct heap_el:            # 16 bytes
+    int64_t deadline
+    uint32_t id
+    uint32_t serial                 # low 32 bits of the entry's serial (ties compare modulo 2**32)
+
+
+ctypedef struct ct_timers:
+    tw_bucket b[CT_TW_BUCKETS]
+    uint64_t bits[CT_TW_LEVELS][4]
+    uint64_t cur                    # wheel cursor (biased tick)
+    uint64_t armed                  # entries with XF_TIMER
+    heap_el *heap
+    uint64_t hn
+    uint64_t hcap
+    uint64_t hhwm                   # heap high-water mark (elements)
+    int64_t next_ns                 # cached ct_timer_next value (valid when next_valid)
+    int next_valid
+    int next_exact                  # next_ns is the earliest deadline (else a lower bound beyond the horizon)
+    int64_t last_now                # largest now given to ct_timer_pop
+    uint64_t refiled                # lazy re-filings (stats)
+    uint64_t cascaded               # bucket steps (stats)
+
+
+cdef inline uint64_t _ct_key_word(uint16_t pa, uint16_t pb, uint8_t proto, uint8_t af, uint8_t tmpl) noexcept nogil:
+    return (<uint64_t>pa) | ((<uint64_t>pb) << 16) | ((<uint64_t>proto) << 32) | \
+        ((<uint64_t>af) << 40) | ((<uint64_t>tmpl) << 48)
+
+
+cdef inline void ct_key_hash_i(conntab *t, conn_key *k) noexcept nogil:
+    k.hash = ct_hash_raw(k.a, k.b, _ct_key_word(k.pa, k.pb, k.proto, k.af, k.is_template != 0), t.seed)
+
+
+cdef inline const uint8_t *_ct_dest_addr(conntab *t, uint32_t dest) noexcept nogil:
+    if t.dest_addr == NULL or dest == CONN_NONE:
+        return NULL
+    return t.dest_addr + <uint64_t>dest * t.dest_stride
+
+
+cdef inline bint _ct_in_eq(conntab *t, uint32_t id, const conn_key *k) noexcept nogil:
+    cdef conn_entry *e = &t.entries[id]
+    return (e.cport == k.pa and e.vport == k.pb and e.proto == k.proto and e.af == k.af
+            and ((e.flags & CF_TEMPLATE) != 0) == (k.is_template != 0)
+            and ct_eq16(e.caddr, k.a) and ct_eq16(e.vaddr, k.b))
+
+
+cdef inline bint _ct_out_eq(conntab *t, uint32_t id, const conn_key *k) noexcept nogil:
+    cdef conn_entry *e = &t.entries[id]
+    cdef const uint8_t *da
+    if not (e.dport == k.pa and e.cport == k.pb and e.proto == k.proto and e.af == k.af
+            and ct_eq16(e.caddr, k.b)):
+        return False
+    da = _ct_dest_addr(t, e.dest)
+    return da != NULL and ct_eq16(da, k.a)
+
+
+cdef inline bint _ct_key_eq(conntab *t, ct_index *ix, uint32_t id, const conn_key *k) noexcept nogil:
+    if ix.out:
+        return _ct_out_eq(t, id, k)
+    return _ct_in_eq(t, id, k)
+
+
+# Position in s holding key k, or -1.
+cdef inline int64_t _ct_probe_cur(conntab *t, ct_index *ix, const conn_key *k) noexcept nogil:
+    cdef uint64_t mask = ix.mask, i = k.hash & mask, w
+    cdef uint64_t *s = ix.s
+    while True:
+        w = s[i]
+        if w == 0:
+            return -1
+        if <uint32_t>w == k.hash and _ct_key_eq(t, ix, <uint32_t>(w >> 32), k):
+            return <int64_t>i
+        i = (i + 1) & mask
+
+
+# Old-array probing. Swept positions are never read (their slots are stale or released);
+# ostart, the empty slot where the sweep began, ends every probe.
+cdef inline bint _ct_old_swept(ct_index *ix, uint64_t i) noexcept nogil:
+    return ((i - ix.ostart) & ix.omask) < ix.cursor
+
+
+cdef inline uint64_t _ct_old_next(ct_index *ix, uint64_t i) noexcept nogil:
+    return (i + 1) & ix.omask
+
+
+cdef inline uint64_t _ct_old_start(ct_index *ix, uint32_t sig) noexcept nogil:
+    cdef uint64_t i = sig & ix.omask
+    if _ct_old_swept(ix, i):
+        i = (ix.ostart + ix.cursor) & ix.omask
+    return i
+
+
+cdef inline int64_t _ct_probe_old(conntab *t, ct_index *ix, const conn_key *k) noexcept nogil:
+    cdef uint64_t i = _ct_old_start(ix, k.hash), w
+    cdef uint64_t *s = ix.os
+    while True:
+        w = s[i]
+        if w == 0:
+            return -1
+        if <uint32_t>w == k.hash and _ct_key_eq(t, ix, <uint32_t>(w >> 32), k):
+            return <int64_t>i
+        i = _ct_old_next(ix, i)
+
+
+cdef inline uint32_t _ct_idx_lookup(conntab *t, ct_index *ix, const conn_key *k) noexcept nogil:
+    # While migrating, a key whose old home is not swept yet is in the old array (or, only
+    # if the old array ever ran out of room, in the new one); a key whose home is swept is in
+    # the new array, or still in the old one if its cluster straddles the sweep cursor.
+    cdef int64_t p
+    if ix.os == NULL:
+        p = _ct_probe_cur(t, ix, k)
+        return CONN_NONE if p < 0 else <uint32_t>(ix.s[p] >> 32)
+    if _ct_old_swept(ix, k.hash & ix.omask):
+        p = _ct_probe_cur(t, ix, k)
+        if p >= 0:
+            return <uint32_t>(ix.s[p] >> 32)
+        p = _ct_probe_old(t, ix, k)
+        return CONN_NONE if p < 0 else <uint32_t>(ix.os[p] >> 32)
+    p = _ct_probe_old(t, ix, k)
+    if p >= 0:
+        return <uint32_t>(ix.os[p] >> 32)
+    if ix.nfall == 0:
+        return CONN_NONE
+    p = _ct_probe_cur(t, ix, k)
+    return CONN_NONE if p < 0 else <uint32_t>(ix.s[p] >> 32)
+
+
+cdef inline void _ct_idx_prefetch(ct_index *ix, uint32_t hash) noexcept nogil:
+    if ix.os == NULL:
+        ct_prefetch(&ix.s[hash & ix.mask])
+    elif _ct_old_swept(ix, hash & ix.omask):
+        ct_prefetch(&ix.s[hash & ix.mask])
+    else:
+        ct_prefetch(&ix.os[hash & ix.omask])
+
+
+cdef inline void ct_prefetch_entry_i(conntab *t, uint32_t id) noexcept nogil:
+    # No range check: a prefetch never faults, and a branch here stalls the pipeline
+    # behind the slot load (measured: 2x slower bulk lookups).
+    cdef const uint8_t *p = <const uint8_t *>t.entries + <uint64_t>id * sizeof(conn_entry)
+    ct_prefetchw(p)
+    ct_prefetchw(p + sizeof(conn_entry) - 1)
+
+
+cdef inline uint32_t _ct_peek(ct_index *ix, uint32_t hash) noexcept nogil:
+    cdef uint64_t i, w
+    if ix.os != NULL and not _ct_old_swept(ix, hash & ix.omask):
+        i = hash & ix.omask
+        while True:
+            w = ix.os[i]
+            if w == 0:
+                break
+            if <uint32_t>w == hash:
+                return <uint32_t>(w >> 32)
+            i = _ct_old_next(ix, i)
+        if ix.nfall == 0:
+            return CONN_NONE
+    i = hash & ix.mask
+    while True:
+        w = ix.s[i]
+        if w == 0:
+            return CONN_NONE
+        if <uint32_t>w == hash:
+            return <uint32_t>(w >> 32)
+        i = (i + 1) & ix.mask
+
+
+cdef inline void ct_timer_set_i(conntab *t, uint32_t id, int64_t deadline_ns) noexcept nogil:
+    # The hot case inline: an armed entry's deadline moves later. It stays filed where it
+    # is and the wheel re-files it when that bucket comes up.
+    # (One combined branch: separate ones on the freshly looked-up id measurably stall
+    # bulk lookups; an id out of range reads entry 0 and takes the checked slow path.)
+    cdef bint inrange = id < t.hwm
+    cdef conn_entry *e = &t.entries[id if inrange else 0]
+    cdef ct_timers *w
+    cdef int64_t old = e.deadline_ns
+    if inrange & ((e.xflags & (XF_USED | XF_TIMER)) == (XF_USED | XF_TIMER)) & \
+            (deadline_ns >= old) & (e.tprev != CT_TP_READY):
+        e.deadline_ns = deadline_ns
+        w = <ct_timers *>t.timers
+        if old == w.next_ns:
+            w.next_valid = 0
+        return
+    ct_timer_set(t, id, deadline_ns)
+
+
+# Public inline variants (k.hash filled by ct_key_hash / ct_key_hash_i).
+cdef inline void ct_prefetch_in_i(conntab *t, uint32_t hash) noexcept nogil:
+    _ct_idx_prefetch(<ct_index *>t.in_idx, hash)
+
+
+cdef inline void ct_prefetch_out_i(conntab *t, uint32_t hash) noexcept nogil:
+    _ct_idx_prefetch(<ct_index *>t.out_idx, hash)
+
+
+cdef inline uint32_t ct_peek_in_i(conntab *t, uint32_t hash) noexcept nogil:
+    return _ct_peek(<ct_index *>t.in_idx, hash)
+
+
+cdef inline uint32_t ct_lookup_in_i(conntab *t, const conn_key *k) noexcept nogil:
+    return _ct_idx_lookup(t, <ct_index *>t.in_idx, k)
+
+
+cdef inline uint32_t ct_lookup_out_i(conntab *t, const conn_key *k) noexcept nogil:
+    return _ct_idx_lookup(t, <ct_index *>t.out_idx, k)

@@ -26,7 +26,7 @@ cdef enum:
     DF_ICMP = 0x04      # ICMP error mapped to the connection of its embedded tuple
     DF_NOOUTPUT = 0x08  # connection still has NOOUTPUT after this packet
 
-ctypedef struct decision_t:         # 48 bytes
+ctypedef struct decision_t:         # 72 bytes
     uint64_t pkt                    # packet index in the input
     int64_t ts_ns
     uint64_t conn                   # connection serial (0 = none)
@@ -41,6 +41,13 @@ ctypedef struct decision_t:         # 48 bytes
     uint8_t old_state               # state of the entry before this packet (0xff = none)
     uint8_t flags                   # DF_*
     uint8_t _pad
+    # What the forwarders need of the connection, copied while the entry is at hand (it may be
+    # gone by the time the burst is forwarded): the real server's port, the virtual side, the method.
+    uint16_t dport                  # connection's real-server port (cp->dport)
+    uint16_t vport                  # connection's virtual port (cp->vport)
+    uint8_t fwd                     # CF_MASQ / CF_LOCALNODE / CF_TUNNEL / CF_DROUTE / CF_BYPASS (0xff: none)
+    uint8_t _pad2[3]
+    uint8_t vaddr[16]               # connection's virtual address (cp->vaddr)
 
 # ---- real servers and services -------------------------------------------------------------
 cdef enum:
