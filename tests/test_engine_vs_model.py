@@ -1,15 +1,20 @@
 """Differential test: random packet sequences through ipvsflow.engine.Engine and through the
-plain-Python model (tests/model), compared decision by decision.
+plain-Python model (tests/model), compared decision by decision, then on the connection table
+and the real servers' counters at the end.
 
-Sequences use few clients and few ports so ports get reused, random TCP flags (no-flag and RST
-included), replies in front of the director, gaps beyond the state timeouts, NAT and DR, a random
-scheduler, random sysctls and real-server edits in the middle of the stream."""
+The scenarios (tests/model/strategies.py) cover TCP, UDP and SCTP; NAT, DR and TUN; every
+scheduler (sh and mh with and without their fallback and port flags); persistence with netmasks
+and expire_quiescent_template; fwmark and persistent port-0 services; weight 0, deleted and
+re-added servers; ICMP errors about either direction; IPv4 and IPv6; the kernel variants 4.4,
+4.19, 5.9, 5.15 and 6.1; replies in front of and behind the director."""
+import os
+
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 
-from ipvsflow.config import FWD_MASQ, PROTO_TCP, PROTO_UDP, Config, RealServer, VirtualService
+from ipvsflow.config import FWD_DROUTE, FWD_MASQ, PROTO_TCP, PROTO_UDP, Config, RealServer, VirtualService
 from model import IPVSModel, Packet, build_frame, packets_from_rows
-from model.strategies import FORWARDED, VIP, VPORT, scenarios
+from model.strategies import FORWARDED, VIP, VPORT, Scenario, scenarios
 from model.tables import TH_ACK, TH_FIN, TH_SYN
 
 engine = pytest.importorskip("ipvsflow.engine", reason="ipvsflow.engine is not built")
@@ -18,10 +23,33 @@ if not hasattr(engine, "Engine"):
 from ipvsflow.engine import ACTIONS, DIRS, Engine, state_name  # noqa: E402
 from ipvsflow.io import PacketBatch  # noqa: E402
 
-def run_engine(config, packets, commands):
-    eng = Engine(config.copy(), dr_replies="ignore")
+# A failing example is shrunk within a bounded number of steps; CI runs the examples below.
+EXAMPLES = int(os.environ.get("IPVSFLOW_DIFF_EXAMPLES", "600"))
+
+
+def make_batch(packets):
     batch = PacketBatch.from_packets([(p.ts_ns, build_frame(p)) for p in packets])
-    rows = packets_from_rows(batch.to_numpy())
+    # the classifier's marks (a capture has none): set as a firewall would before IPVS
+    batch.to_numpy()["fwmark"][:] = [p.fwmark for p in packets]
+    return batch
+
+
+def engine_table(eng, now):
+    return sorted((int(r["proto"]), r["caddr"], int(r["cport"]), r["vaddr"], int(r["vport"]), r["daddr"],
+                   int(r["dport"]), r["state"], bool(r["template"]), int(r["deadline_ns"]))
+                  for r in eng.connections(now) if int(r["deadline_ns"]) > now)
+
+
+def model_table(model, now):
+    return sorted((cp.proto, cp.caddr, cp.cport, cp.vaddr, cp.vport, cp.daddr, cp.dport, cp.state_name(),
+                   cp.template, cp.deadline)
+                  for cp in model.conns if cp.deadline is not None and cp.deadline > now)
+
+
+def run_engine(sc: Scenario, batch):
+    eng = Engine(sc.config.copy(), dr_replies=sc.dr_replies)
+    eng.ct_model = sc.ct_model
+    packets, commands = sc.packets, sc.commands
     decisions = []
     cuts = sorted(set(commands) | {0, len(packets)})
     for start, stop in zip(cuts, cuts[1:]):
@@ -29,46 +57,65 @@ def run_engine(config, packets, commands):
             eng.advance(packets[start].ts_ns)
             eng.apply(cmd)
         dec = eng.process(batch, start, stop)
-        addr = {d["id"]: d for d in eng.dests()}
+        names = {d["id"]: d["endpoint"] for d in eng.dests()}
         for r in dec:
-            rs = None
-            if int(r["rs"]) >= 0:
-                d = addr[int(r["rs"])]
-                rs = f"{d['addr']}:{d['port']}"
             decisions.append({
                 "pkt": int(r["pkt"]), "action": ACTIONS[int(r["action"])], "dir": DIRS[int(r["dir"])],
-                "rs": rs, "conn": int(r["conn"]) or None,
+                "rs": names[int(r["rs"])] if int(r["rs"]) >= 0 else None, "conn": int(r["conn"]) or None,
                 "state": state_name(int(r["proto"]), int(r["state"])) if int(r["conn"]) else None,
             })
-    return decisions, rows
+    return eng, decisions
 
 
-def compare(config, packets, commands):
-    eng_dec, rows = run_engine(config, packets, commands)
-    model = IPVSModel(config.copy(), dr_replies="ignore")
+def compare(sc: Scenario):
+    config, packets, commands = sc
+    batch = make_batch(packets)
+    eng, eng_dec = run_engine(sc, batch)
+    rows = packets_from_rows(batch.to_numpy())
+    model = IPVSModel(config.copy(), dr_replies=sc.dr_replies, ct_model=sc.ct_model)
     mod_dec = model.run(rows, commands)
     assert len(eng_dec) == len(mod_dec) == len(packets)
     serials = {}
     for e, m in zip(eng_dec, mod_dec):
         where = f"packet {m['pkt']} {packets[m['pkt']]}"
-        assert e["action"] == m["action"], f"{where}: engine {e} model {m}"
-        assert e["dir"] == m["dir"], f"{where}: engine {e} model {m}"
+        assert (e["action"], e["dir"]) == (m["action"], m["dir"]), f"{where}: engine {e} model {m}"
         if m["action"] in FORWARDED:
             assert e["rs"] == m["rs"], f"{where}: engine {e} model {m}"
-            assert e["state"] == m["state"], f"{where}: engine {e} model {m}"
+            # an ICMP error leaves its connection's state alone; the engine's record of it
+            # carries no state (its proto is ICMP's), the table comparison below checks it
+            if packets[m["pkt"]].proto not in (1, 58):
+                assert e["state"] == m["state"], f"{where}: engine {e} model {m}"
             # connection serials correspond one to one
             assert serials.setdefault(m["conn"], e["conn"]) == e["conn"], f"{where}: engine {e} model {m}"
             assert list(serials.values()).count(e["conn"]) == 1, f"{where}: engine {e} model {m}"
+    # the table and the counters once both have run every timer due at the last packet
+    now = packets[-1].ts_ns
+    eng.advance(now)
+    model.advance(now)
+    for cmd in commands.get(len(packets), ()):
+        eng.apply(cmd)
+        model.apply(cmd)
+    assert engine_table(eng, now) == model_table(model, now), "connection tables differ"
+    counters = {d["endpoint"]: (d["activeconns"], d["inactconns"], d["persistconns"], d["weight"])
+                for d in eng.dests()}
+    expected = {d.endpoint(): (d.active, d.inactive, d.persist, d.weight) for d in model.all_dests}
+    assert counters == expected, "real-server counters differ"
+    model.check_invariants()
     return mod_dec
 
 
 def test_model_rows_adapter_round_trip():
     pkts = [Packet(ts_ns=5, src="10.0.0.1", sport=4, dst=VIP, dport=80, tcp_flags=TH_SYN | TH_ACK),
-            Packet(ts_ns=6, af=6, proto=PROTO_UDP, src="2001:db8::1", sport=4, dst="2001:db8::2", dport=53)]
-    rows = packets_from_rows(PacketBatch.from_packets([(p.ts_ns, build_frame(p)) for p in pkts]).to_numpy())
+            Packet(ts_ns=6, af=6, proto=PROTO_UDP, src="2001:db8::1", sport=4, dst="2001:db8::2", dport=53),
+            Packet(ts_ns=7, proto=1, src="10.0.0.1", dst=VIP, icmp_type=3, icmp_code=4, ic_proto=PROTO_TCP,
+                   ic_src=VIP, ic_sport=80, ic_dst="10.0.0.1", ic_dport=40000, fwmark=9),
+            Packet(ts_ns=8, af=6, proto=58, src="2001:db8::1", dst="2001:db8::2", icmp_type=2,
+                   ic_proto=132, ic_src="2001:db8::2", ic_sport=80, ic_dst="2001:db8::1", ic_dport=5)]
+    rows = packets_from_rows(make_batch(pkts).to_numpy())
+    fields = ("ts_ns", "af", "proto", "src", "sport", "dst", "dport", "tcp_flags", "fwmark", "icmp_type",
+              "icmp_code", "ic_proto", "ic_src", "ic_sport", "ic_dst", "ic_dport", "status")
     for a, b in zip(pkts, rows):
-        assert (a.ts_ns, a.af, a.proto, a.src, a.sport, a.dst, a.dport, a.tcp_flags) == \
-               (b.ts_ns, b.af, b.proto, b.src, b.sport, b.dst, b.dport, b.tcp_flags)
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
 
 
 def test_reference_v2_sequence_agrees():
@@ -79,11 +126,88 @@ def test_reference_v2_sequence_agrees():
     seq = [(0, c, TH_SYN), (10, r, TH_SYN | TH_ACK), (20, c, TH_ACK), (1000, c, TH_FIN | TH_ACK),
            (1010, r, TH_ACK), (1020, r, TH_FIN | TH_ACK), (1030, c, TH_ACK), (4000, c, TH_SYN)]
     packets = [Packet(ts_ns=ms * 1_000_000, tcp_flags=f, **kw) for ms, kw, f in seq]
-    out = compare(Config(services=[vs]), packets, {})
+    out = compare(Scenario(Config(services=[vs]), packets))
     assert [d["action"] for d in out] == ["new"] + ["hit"] * 6 + ["resched"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
+def test_icmp_errors_follow_their_connection_in_both():
+    # reference section 5: a client's error about a reply goes to the entry's server, without
+    # changing its state; one about an unknown connection passes
+    vs = VirtualService(proto=PROTO_TCP, addr=VIP, port=VPORT, scheduler="rr",
+                        dests=[RealServer("10.1.0.1", 80, fwd=FWD_MASQ), RealServer("10.1.0.2", 80, fwd=FWD_MASQ)])
+    packets = [Packet(ts_ns=1_000_000, src="10.0.0.1", sport=40000, dst=VIP, dport=VPORT, tcp_flags=TH_SYN),
+               Packet(ts_ns=2_000_000, proto=1, src="10.0.0.1", dst=VIP, icmp_type=3, icmp_code=4,
+                      ic_proto=PROTO_TCP, ic_src=VIP, ic_sport=VPORT, ic_dst="10.0.0.1", ic_dport=40000),
+               Packet(ts_ns=3_000_000, proto=1, src="10.0.0.2", dst=VIP, icmp_type=3, icmp_code=3,
+                      ic_proto=PROTO_TCP, ic_src=VIP, ic_sport=VPORT, ic_dst="10.0.0.2", ic_dport=40000)]
+    out = compare(Scenario(Config(services=[vs]), packets))
+    assert [(d["action"], d["dir"], d["rs"], d["state"]) for d in out] == [
+        ("new", "in", "10.1.0.2:80", "SYN_RECV"), ("hit", "in", "10.1.0.2:80", "SYN_RECV"),
+        ("pass", "in", None, None)]
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+          phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(scenarios(front_icmp=False, dh_schedule_icmp=False, shared_out_key=False))
 def test_engine_agrees_with_model(scenario):
-    compare(*scenario)
+    compare(scenario)
+
+
+FRONT_ICMP_GAP = pytest.mark.xfail(strict=True, reason="the engine treats a server's ICMP error seen in front "
+                                   "of the director unlike the replies of the same entry")
+
+
+@pytest.mark.parametrize("fwd, dr_replies, expect", [
+    pytest.param(FWD_MASQ, "ignore", ("hit", "out", "10.1.0.1:80"), marks=FRONT_ICMP_GAP, id="nat"),
+    pytest.param(FWD_DROUTE, "ignore", ("pass", "out", None), marks=FRONT_ICMP_GAP, id="dr-not-on-reply-path"),
+    pytest.param(FWD_DROUTE, "inspect", ("hit", "out", "10.1.0.1:80"), id="dr-on-reply-path"),
+])
+def test_server_icmp_error_in_front_of_the_director_is_a_reply(fwd, dr_replies, expect):
+    # DESIGN "capture point": in front of the director a server's reply shows as VIP:vport ->
+    # client, the OUTPUT direction of the (client, VIP) entry. A NAT server's ICMP error about a
+    # client packet leaves the director the same way (handle_response_icmp rewrites the outer
+    # source and the quoted packet back to the VIP), so it follows that entry outward; a DR
+    # server's error is matched by the director (v5.11 out-lookup on vaddr:vport) only when it is
+    # on the reply path, otherwise it is a reply the director never sees, as for TCP replies.
+    vs = VirtualService(proto=PROTO_TCP, addr=VIP, port=VPORT, scheduler="rr",
+                        dests=[RealServer("10.1.0.1", 80, fwd=fwd)])
+    packets = [Packet(ts_ns=1_000_000, src="10.0.0.1", sport=40000, dst=VIP, dport=VPORT, tcp_flags=TH_SYN),
+               Packet(ts_ns=2_000_000, proto=1, src=VIP, dst="10.0.0.1", icmp_type=3, icmp_code=4,
+                      ic_proto=PROTO_TCP, ic_src="10.0.0.1", ic_sport=40000, ic_dst=VIP, ic_dport=VPORT)]
+    out = compare(Scenario(Config(services=[vs]), packets, dr_replies=dr_replies))
+    assert (out[1]["action"], out[1]["dir"], out[1]["rs"]) == expect
+
+
+@pytest.mark.xfail(strict=True, reason="the engine's dh hashes the VIP when schedule_icmp schedules "
+                   "from an ICMP error; the kernel hashes the quoted packet's destination (the client)")
+def test_dh_schedule_icmp_hashes_the_quoted_destination():
+    # ip_vs_in_icmp fills the embedded header with IP_VS_HDR_INVERSE but does not swap its
+    # addresses (ip_vs_fill_iph_skb_icmp); ip_vs_dh_schedule reads iph->daddr, which is then the
+    # client of the quoted reply. dh over 3 servers, list [.3, .2, .1] taking one bucket each in
+    # turn: VIP 192.0.2.10 -> bucket 162 -> 10.1.0.3; client 10.0.0.2 -> bucket 137 -> 10.1.0.1.
+    vs = VirtualService(proto=PROTO_TCP, addr=VIP, port=VPORT, scheduler="dh",
+                        dests=[RealServer(f"10.1.0.{i}", 80, fwd=FWD_MASQ) for i in (1, 2, 3)])
+    cfg = Config(services=[vs])
+    cfg.sysctls["schedule_icmp"] = 1
+    packets = [Packet(ts_ns=1_000_000, proto=1, src="10.0.0.2", dst=VIP, icmp_type=3, icmp_code=3,
+                      ic_proto=PROTO_TCP, ic_src=VIP, ic_sport=VPORT, ic_dst="10.0.0.2", ic_dport=40000)]
+    out = compare(Scenario(cfg, packets))
+    assert (out[0]["action"], out[0]["rs"]) == ("new", "10.1.0.1:80")
+
+
+@pytest.mark.xfail(strict=True, reason="the engine loses the older of two NAT entries with the same "
+                   "reply tuple from its out index when the newer one expires")
+def test_reply_finds_the_older_entry_after_the_newer_one_with_its_reply_tuple_expired():
+    # fwmark service, NAT server with a fixed port: client:40000 -> VIP:80 and -> VIP:443 both
+    # become client:40000 <-> 10.1.0.1:8080. ip_vs_conn_out_get walks the hash chain, so once the
+    # newer entry (443, SYN_RECV, 60 s) is gone, the server's reply still finds the older one (80,
+    # ESTABLISHED since t=30).
+    vs = VirtualService(proto=0, fwmark=1, scheduler="rr", dests=[RealServer("10.1.0.1", 8080, fwd=FWD_MASQ)])
+    s = 1_000_000_000
+    syn = dict(src="10.0.0.1", sport=40000, dst=VIP, fwmark=1, tcp_flags=TH_SYN)
+    packets = [Packet(ts_ns=1 * s, dport=80, **syn), Packet(ts_ns=1 * s, dport=443, **syn),
+               Packet(ts_ns=30 * s, src="10.0.0.1", sport=40000, dst=VIP, dport=80, tcp_flags=TH_ACK),
+               Packet(ts_ns=80 * s, src="10.1.0.1", sport=8080, dst="10.0.0.1", dport=40000, tcp_flags=TH_ACK)]
+    out = compare(Scenario(Config(services=[vs]), packets))
+    assert (out[3]["action"], out[3]["dir"], out[3]["conn"]) == ("hit", "out", out[0]["conn"])

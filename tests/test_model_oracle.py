@@ -3,7 +3,7 @@ Linux 6.1 IPVS in a VM), packet by packet (forwarded or not, which real server, 
 entries and every server's counters after the packet) and on the final connection table."""
 import pytest
 
-from model.oracle_fixture import _check_dest_endpoint, compare, fixture_dirs, load
+from model.oracle_fixture import _check_dest_endpoint, apply_marks, compare, fixture_dirs, load
 
 FIXTURES = fixture_dirs()
 
@@ -16,7 +16,7 @@ def test_fixtures_are_present():
 def test_model_agrees_with_kernel(path):
     fx = load(path)
     if fx.unsupported:
-        pytest.skip(f"{fx.name} needs {fx.unsupported}: not in the model yet (part 2 of the engine)")
+        pytest.fail(f"{fx.name} needs {fx.unsupported}, which the model does not implement")
     problems, decisions = compare(fx)
     assert len(decisions) == sum(fx.injected)
     assert not problems, "\n".join(problems[:30])
@@ -35,6 +35,7 @@ def model_run(H, hfx):
     cfg = H.build_config(hfx)
     model = IPVSModel(cfg, conntrack_hooks=H.conntrack_active(hfx))
     packets = read_pcap(hfx.pcap)
+    apply_marks(hfx.path, packets)
     ts = H.packet_ts_ns(hfx)
     events = {}
     for at, cmd in H.events(hfx):
@@ -81,6 +82,6 @@ def test_model_agrees_with_kernel_through_fixture_harness(name):
     H = _harness()
     fx = load(FIXTURES[[p.name for p in FIXTURES].index(name)])
     if fx.unsupported:
-        pytest.skip(f"{name} needs {fx.unsupported}: not in the model yet (part 2 of the engine)")
+        pytest.fail(f"{name} needs {fx.unsupported}, which the model does not implement")
     hfx = H.load_fixture(name)
     H.assert_matches(hfx, model_run(H, hfx))

@@ -622,5 +622,9 @@ def test_model_invariants_on_random_scenarios(scenario):
             assert d["rs"] is not None and d["conn"] is not None
             assert rs_of.setdefault(d["conn"], d["rs"]) == d["rs"]
         if d["action"] in ("new", "resched"):
-            assert d["state"] in ("SYN_RECV", "SYNACK", "ESTABLISHED", "UDP", "CLOSE", "CLOSE_WAIT",
-                                  "FIN_WAIT", "TIME_WAIT", "SYN_SENT", "LAST_ACK")
+            # the first packet runs the state machine, and no event keeps TCP or SCTP in NONE;
+            # an entry scheduled from an ICMP error (schedule_icmp) stays as created
+            if pkt.proto in (1, 58):
+                assert d["state"] in ("NONE", "UDP")
+            else:
+                assert d["state"] != "NONE"

@@ -34,7 +34,14 @@ F_ONE_PACKET = 0x2000
 F_NFCT = 1 << 16
 
 FTPPORT = 21
+FTPDATA = 20
 IPPROTO_IP = 0
+IPPROTO_ICMP = 1
+IPPROTO_ICMPV6 = 58
+
+# ICMP errors IPVS maps to a connection (ip_vs_in_icmp / ip_vs_out_icmp): IPv4 destination
+# unreachable, source quench, time exceeded; IPv6 every non-informational type (< 128).
+ICMP_ERRORS_V4 = frozenset({3, 4, 11})
 
 # Template states (IP_VS_CTPL_S_*), as /proc/net/ip_vs_conn names them.
 CTPL_NONE, CTPL_ASSURED = "NONE", "ASSURED"
@@ -115,12 +122,34 @@ class Packet:
     length: int = 0
     sctp_abort_after_cookie: bool = False
     fwmark: int = 0
+    # ICMP/ICMPv6 (proto 1/58): type, code and the embedded packet's header (ic_proto 0: none)
+    icmp_type: int = 0
+    icmp_code: int = 0
+    ic_proto: int = 0
+    ic_src: str = ""
+    ic_sport: int = 0
+    ic_dst: str = ""
+    ic_dport: int = 0
+    # the client-side tuple of an ICMP error's embedded header (IP_VS_HDR_INVERSE): schedulers
+    # that read the packet's destination address see the client there
+    inverse: bool = False
 
     def __post_init__(self):
         if self.src:
             self.src = norm_addr(self.src)
         if self.dst:
             self.dst = norm_addr(self.dst)
+        if self.ic_src:
+            self.ic_src = norm_addr(self.ic_src)
+        if self.ic_dst:
+            self.ic_dst = norm_addr(self.ic_dst)
+
+    def is_icmp_error(self) -> bool:
+        if self.af == 4 and self.proto == IPPROTO_ICMP:
+            return self.icmp_type in ICMP_ERRORS_V4
+        if self.af == 6 and self.proto == IPPROTO_ICMPV6:
+            return self.icmp_type < 128
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,10 +283,13 @@ class IPVSModel:
     reply on vaddr:vport, runs the OUTPUT table and clears NOOUTPUT).
     ``conntrack_hooks``: whether netfilter conntrack is active for IPVS traffic (it is only when some
     netfilter rule uses conntrack); the conntrack sysctl matters only then.
+    ``ct_model``: whether a packet's conntrack is confirmed (old_ct) is "derived" from the entry
+    (see ``_old_ct``), or taken as "never" / "always" (conntrack=1 only).
     """
 
     def __init__(self, config: Optional[Config] = None, *, dr_replies: str = "ignore",
-                 kernel: Optional[str] = None, conntrack_hooks: bool = True):
+                 kernel: Optional[str] = None, conntrack_hooks: bool = True,
+                 ct_model: str = "derived"):
         config = config or Config()
         if dr_replies not in ("ignore", "inspect"):
             raise ConfigError(f"dr_replies must be 'ignore' or 'inspect', not {dr_replies!r}")
@@ -266,6 +298,9 @@ class IPVSModel:
         # Netfilter conntrack only tracks IPVS traffic when some rule needs it (kube-proxy's
         # iptables rules, the oracle's --ct-hooks); without that, conntrack=1 changes nothing.
         self.conntrack_hooks = conntrack_hooks
+        if ct_model not in ("derived", "never", "always"):
+            raise ConfigError(f"ct_model must be 'derived', 'never' or 'always', not {ct_model!r}")
+        self.ct_model = ct_model
         self.sysctl = dict(SYSCTL_DEFAULTS)
         for k, v in config.sysctls.items():
             self.set_sysctl(k, v)
@@ -286,9 +321,14 @@ class IPVSModel:
 
     # ---- configuration --------------------------------------------------------------------
 
+    NOT_MODELLED = {"cache_bypass": "the cache-bypass entry of ip_vs_leave",
+                    "nat_icmp_send": "ICMP unreachable for replies without an entry"}
+
     def set_sysctl(self, name: str, value: int):
         if name not in SYSCTL_DEFAULTS:
             raise ConfigError(f"unknown sysctl {name!r}")
+        if name in self.NOT_MODELLED and int(value):
+            raise ConfigError(f"sysctl {name}={value}: {self.NOT_MODELLED[name]} is not modelled")
         self.sysctl[name] = int(value)
 
     def set_timeouts(self, tcp: int, tcpfin: int, udp: int):
@@ -523,6 +563,15 @@ class IPVSModel:
                 return cp
         return None
 
+    def _out_get_vip(self, proto, af, saddr, sport, daddr, dport) -> Optional[Conn]:
+        """ip_vs_conn_out_get for DR/TUN entries (v5.11+): the reply's source is VIP:vport."""
+        for cp in reversed(self.conns):
+            if (cp.hashed and not cp.template and (cp.flags & F_FWD_MASK) != FWD_MASQ
+                    and cp.proto == proto and cp.af == af and cp.vaddr == saddr and cp.vport == sport
+                    and cp.caddr == daddr and cp.cport == dport):
+                return cp
+        return None
+
     def _ct_in_get(self, proto, af, caddr, vaddr, vport) -> Optional[Conn]:
         for cp in reversed(self.conns):
             if (cp.hashed and cp.template and cp.proto == proto and cp.af == af and cp.caddr == caddr
@@ -597,6 +646,8 @@ class IPVSModel:
         """
         if not (self.sysctl["conntrack"] and self.conntrack_hooks):
             return False
+        if self.ct_model != "derived":
+            return self.ct_model == "always"
         if cp.flags & F_NOOUTPUT:
             return not (cp.proto == PROTO_TCP and cp.last_in_rst)
         if cp.proto == PROTO_TCP:
@@ -607,6 +658,8 @@ class IPVSModel:
 
     def _uses_ct_2016(self, cp: Conn) -> bool:
         """2016-2020 test: the entry has NFCT and the packet has any conntrack."""
+        if self.ct_model == "never":        # as the engine's "never": no conntrack on the packet
+            return False
         return bool(cp.flags & F_NFCT) and bool(self.sysctl["conntrack"]) and self.conntrack_hooks
 
     def _control_assure(self, cp: Conn):
@@ -675,10 +728,19 @@ class IPVSModel:
         svc = self._svc_find(pkt)
         if svc is None:
             return None, ("pass", "no_service")
+        return self._schedule_on(svc, pkt)
+
+    def _schedule_on(self, svc: Service, pkt: Packet):
+        """ip_vs_schedule for a packet of service ``svc``."""
+        if pkt.sport == FTPDATA:
+            # ip_vs_schedule never schedules active FTP data (client port 20): *ignored = 1
+            return None, ("pass", "ftp_data")
         if svc.flags & SVC_F_PERSISTENT:
             return self._sched_persist(svc, pkt)
         if not svc.fwmark and pkt.dport != svc.port:
-            return None, ("pass", "port_zero_not_persistent")
+            # ip_vs_schedule returns NULL with *ignored = 0: ip_vs_leave answers ICMP
+            # unreachable and drops (port-0 services only schedule when persistent)
+            return None, ("drop", "port_zero")
         dest = svc.sched.schedule(svc, pkt)
         if dest is None:
             return None, ("drop", "no_dest")
@@ -713,11 +775,15 @@ class IPVSModel:
             if svc.port != FTPPORT:
                 vport = pkt.dport
         elif svc.fwmark:
-            protocol, vaddr = IPPROTO_IP, f"fwmark:{svc.fwmark}"
+            # the mark stands in the address: htonl(fwmark) in the first 32-bit word
+            protocol = IPPROTO_IP
+            vaddr = str(ipaddress.IPv4Address(svc.fwmark) if pkt.af == 4
+                        else ipaddress.IPv6Address(svc.fwmark << 96))
         ct = self._ct_in_get(protocol, pkt.af, snet, vaddr, vport)
         if ct is None or not self._check_template(ct):
             dest = svc.sched.schedule(svc, pkt)
             if dest is None:
+                # ip_vs_sched_persist: *ignored = 0, so ip_vs_leave: ICMP unreachable, drop
                 return None, ("drop", "no_dest")
             tdport = dest.port if (pkt.dport == svc.port and svc.port != FTPPORT) else 0
             ct = self._conn_new(protocol, pkt.af, snet, 0, vaddr, vport, dest.addr, tdport,
@@ -763,6 +829,8 @@ class IPVSModel:
         now = pkt.ts_ns
         if pkt.status != "ok":
             return self._decision(pkt, index, "invalid", pkt.status)
+        if pkt.is_icmp_error():
+            return self._icmp(pkt, index, now)
         if pkt.proto not in (PROTO_TCP, PROTO_UDP, PROTO_SCTP):
             return self._decision(pkt, index, "pass", "proto_not_ipvs")
 
@@ -783,6 +851,52 @@ class IPVSModel:
                 return self._decision(pkt, index, "pass", "dr_reply_not_seen", "out", rcp,
                                       old_state=rcp.state_name())
         return self._in_hook(pkt, index, cp, now)
+
+    def _icmp(self, pkt: Packet, index: int, now: int) -> dict:
+        """An ICMP/ICMPv6 error: ip_vs_out_icmp (LOCAL_IN hook order: out first), then
+        ip_vs_in_icmp. The embedded header is the packet the error is about, so its addresses and
+        ports are in reverse order (IP_VS_HDR_INVERSE). A mapped error is forwarded along its
+        connection with the statistics of its direction; neither the state nor the timer change
+        (__ip_vs_conn_put)."""
+        if pkt.ic_proto not in (PROTO_TCP, PROTO_UDP, PROTO_SCTP):
+            return self._decision(pkt, index, "pass", "icmp_unrelated")
+        proto, af = pkt.ic_proto, pkt.af
+        # ip_vs_out_icmp: the error comes from a real server about a packet it got, either
+        # behind a NAT director (embedded client -> RS) or, from v5.11, the reply path of a
+        # DR/TUN entry (embedded client -> VIP)
+        cp = self._out_get_nat(proto, af, pkt.ic_dst, pkt.ic_dport, pkt.ic_src, pkt.ic_sport)
+        if cp is None and self.variant.dr_reply_inspection and self.dr_replies == "inspect":
+            cp = self._out_get_vip(proto, af, pkt.ic_dst, pkt.ic_dport, pkt.ic_src, pkt.ic_sport)
+        if cp is not None:
+            return self._decision(pkt, index, "hit", None, "out", cp, old_state=cp.state_name())
+        # ip_vs_in_icmp: the error is about a packet sent to the client (embedded VIP -> client)
+        cp = self._in_get(proto, af, pkt.ic_dst, pkt.ic_dport, pkt.ic_src, pkt.ic_sport)
+        if cp is not None:
+            return self._decision(pkt, index, "hit", None, "in", cp, old_state=cp.state_name())
+        # Capture in front of the director: a real server's error, NATed back (or sent from the
+        # VIP by a DR server), shows as VIP -> client about client -> VIP.
+        rcp = self._in_get(proto, af, pkt.ic_src, pkt.ic_sport, pkt.ic_dst, pkt.ic_dport)
+        if rcp is not None and pkt.src == rcp.vaddr:
+            if (rcp.flags & F_FWD_MASK) == FWD_MASQ:
+                return self._decision(pkt, index, "hit", None, "out", rcp, old_state=rcp.state_name())
+            return self._decision(pkt, index, "pass", "dr_reply_not_seen", "out", rcp,
+                                  old_state=rcp.state_name())
+        # the client-side tuple of the embedded packet, as ip_vs_schedule reads it (inverse)
+        inner = Packet(ts_ns=pkt.ts_ns, af=af, proto=proto, src=pkt.ic_dst, sport=pkt.ic_dport,
+                       dst=pkt.ic_src, dport=pkt.ic_sport, fwmark=pkt.fwmark, inverse=True)
+        svc = self._svc_find(inner)
+        direction = "in"            # an error that IPVS examined, as the engine reports it
+        if svc is None or not self.sysctl["schedule_icmp"]:
+            return self._decision(pkt, index, "pass", "icmp_no_conn", direction)
+        # schedule_icmp: the protocol's conn_schedule on the embedded header; for ICMP it reads
+        # only the ports (no SYN/INIT test), so any error may create the entry
+        cp, refusal = self._schedule_on(svc, inner)
+        if cp is None:
+            action, reason = refusal
+            return self._decision(pkt, index, action, reason, direction)
+        dec = self._decision(pkt, index, "new", None, "in", cp)
+        self._put(cp, now)
+        return dec
 
     def _handle_response(self, pkt, index, cp: Conn, now: int) -> dict:
         """handle_response: no AVAILABLE check (errata 3); OUTPUT state, timer re-armed."""

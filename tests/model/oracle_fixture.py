@@ -14,6 +14,7 @@ from ipvsflow.config import (FWD_DROUTE, FWD_MASQ, FWD_TUNNEL, PROTO_SCTP, PROTO
                              VirtualService, parse_command, parse_rules, parse_sysctl)
 
 from .ipvs_model import NS, IPVSModel, norm_addr
+from .nft import Ruleset
 from .packets import read_pcap
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "oracle"
@@ -140,22 +141,21 @@ def load(path: Path) -> Fixture:
                 _check_dest_endpoint(cmd, cmdline)
             commands.setdefault(int(index), []).append(cmd)
     packets = read_pcap(path / "input.pcap")
-    # Part-2 features the model does not implement yet: say so instead of failing on them.
-    missing = []
-    if any(s.scheduler in ("sh", "dh", "mh") for s in config.services):
-        missing.append("the hashing schedulers sh/dh/mh")
-    if any(s.fwmark for s in config.services):
-        missing.append("fwmark services (marks come from nft rules, not the capture)")
-    if any(p.proto in (1, 58) for p in packets):
-        missing.append("ICMP error mapping")
-    if missing:
-        unsupported = ", ".join(([unsupported] if unsupported else []) + missing)
+    apply_marks(path, packets, args)
     injected = [bool(p.get("injected")) for p in exp["packets"]]
     if len(packets) != len(exp["packets"]):
         raise AssertionError(f"{path.name}: {len(packets)} pcap records, {len(exp['packets'])} in expected.json")
     fx = Fixture(path.name, path, exp, config, packets, injected, commands, unsupported)
     fx.conntrack_hooks = "--ct-hooks" in args
     return fx
+
+
+def apply_marks(path: Path, packets: list, args: dict | None = None) -> None:
+    """Give the packets the firewall marks the fixture's nftables ruleset (``--nft FILE``) set
+    in the VM's prerouting hook."""
+    args = _args(path) if args is None else args
+    if "--nft" in args:
+        Ruleset((path / Path(str(args["--nft"])).name).read_text()).apply(packets)
 
 
 def _row_key(r: dict) -> tuple:

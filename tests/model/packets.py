@@ -87,6 +87,10 @@ def packet_from_frame(ts_ns: int, frame: bytes, linktype: int = 1) -> Packet:
             return Packet(ts_ns=ts_ns, af=af, proto=proto, src=src, dst=dst, status="fragment",
                           length=len(frame))
     pkt = Packet(ts_ns=ts_ns, af=af, proto=proto, src=src, dst=dst, length=len(frame))
+    if (af, proto) in ((4, 1), (6, 58)):
+        raw = ipb[(ipb[0] & 0x0F) * 4:] if af == 4 else (ipb[40:] if ipb[6] == 58 else bytes(l4))
+        _icmp_fields(pkt, raw)
+        return pkt
     if isinstance(l4, (bytes, bytearray)):
         # dpkt could not decode the L4 header
         if proto in (PROTO_TCP, PROTO_UDP, PROTO_SCTP):
@@ -106,6 +110,39 @@ def packet_from_frame(ts_ns: int, frame: bytes, linktype: int = 1) -> Packet:
         if pkt.sctp_chunk in (10, 11) and len(chunks) > 1 and chunks[1].type == 6:
             pkt.sctp_abort_after_cookie = True
     return pkt
+
+
+def _icmp_fields(pkt: Packet, raw: bytes):
+    """Type, code and the embedded header (addresses, protocol, the first 4 bytes of its L4
+    header: the ports) of an ICMP/ICMPv6 message; status "truncated" when an error's embedded
+    header is cut short."""
+    if len(raw) < 8:
+        pkt.status = "truncated"
+        return
+    pkt.icmp_type, pkt.icmp_code = raw[0], raw[1]
+    if not pkt.is_icmp_error():
+        return
+    inner = raw[8:]
+    if pkt.af == 4:
+        if len(inner) < 20 or inner[0] >> 4 != 4:
+            pkt.status = "truncated"
+            return
+        hl = (inner[0] & 0x0F) * 4
+        proto, src, dst = inner[9], inner[12:16], inner[16:20]
+        ports = inner[hl:hl + 4]
+    else:
+        if len(inner) < 40 or inner[0] >> 4 != 6:
+            pkt.status = "truncated"
+            return
+        proto, src, dst = inner[6], inner[8:24], inner[24:40]
+        ports = inner[40:44]
+    pkt.ic_proto = proto
+    pkt.ic_src, pkt.ic_dst = norm_addr(bytes(src)), norm_addr(bytes(dst))
+    if proto in (PROTO_TCP, PROTO_UDP, PROTO_SCTP):
+        if len(ports) < 4:
+            pkt.status = "truncated"
+            return
+        pkt.ic_sport, pkt.ic_dport = struct.unpack("!HH", ports)
 
 
 def read_pcap(path) -> list[Packet]:
@@ -149,6 +186,12 @@ def packets_from_rows(rows) -> list[Packet]:
             pkt.sctp_abort_after_cookie = bool(int(r["sctp_flags"]) & 1)
         if "fwmark" in names:
             pkt.fwmark = int(r["fwmark"])
+        if pkt.proto in (1, 58) and "icmp_type" in names:
+            pkt.icmp_type, pkt.icmp_code = int(r["icmp_type"]), int(r["icmp_code"])
+            pkt.ic_proto = int(r["ic_proto"])
+            if pkt.ic_proto:
+                pkt.ic_src, pkt.ic_dst = norm_addr(bytes(r["ic_src"])), norm_addr(bytes(r["ic_dst"]))
+                pkt.ic_sport, pkt.ic_dport = int(r["ic_sport"]), int(r["ic_dport"])
         out.append(pkt)
     return out
 
@@ -160,8 +203,24 @@ def _addr_bytes(addr: str) -> bytes:
     return ipaddress.ip_address(addr).packed
 
 
+def _ip_header(af: int, proto: int, src: str, dst: str, l4_len: int) -> bytes:
+    if af == 4:
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + l4_len, 1, 0, 64, proto, 0,
+                           _addr_bytes(src), _addr_bytes(dst))
+    return struct.pack("!IHBB16s16s", 6 << 28, l4_len, proto, 64, _addr_bytes(src), _addr_bytes(dst))
+
+
 def build_frame(pkt: Packet, payload: bytes = b"") -> bytes:
-    if pkt.proto == PROTO_TCP:
+    if pkt.proto in (1, 58):
+        # an ICMP error quoting the embedded IP header and the first 8 bytes of its L4 header
+        # (ports, then sequence number / length+checksum / verification tag)
+        quoted = b""
+        if pkt.ic_proto:
+            inner_l4 = struct.pack("!HHI", pkt.ic_sport, pkt.ic_dport, 0)
+            inner_len = 20 if pkt.ic_proto == PROTO_TCP else len(inner_l4)
+            quoted = _ip_header(pkt.af, pkt.ic_proto, pkt.ic_src, pkt.ic_dst, inner_len) + inner_l4
+        l4 = struct.pack("!BBHI", pkt.icmp_type, pkt.icmp_code, 0, 0) + quoted
+    elif pkt.proto == PROTO_TCP:
         l4 = struct.pack("!HHIIBBHHH", pkt.sport, pkt.dport, 1000, 0, 5 << 4, pkt.tcp_flags, 65535, 0, 0)
     elif pkt.proto == PROTO_UDP:
         l4 = struct.pack("!HHHH", pkt.sport, pkt.dport, 8 + len(payload), 0)
