@@ -173,13 +173,14 @@ ctypedef struct ct_index:
     uint64_t ot                     # tombstones in os (unswept part)
     uint64_t ostart                 # sweep start: an empty slot of os, never written
     uint64_t cursor                 # slots swept so far (os positions ostart .. ostart + cursor - 1, cyclic)
-    uint64_t rel                    # swept slots whose pages were considered for release
+    uint64_t rel                    # old-array bytes [page after ostart, rel) released
     uint64_t nfall                  # keys with an unswept old home put into s (old array had no room)
     uint64_t oreleased              # bytes of os already returned to the kernel
     uint64_t grow_fail              # growth attempts that could not map memory
     uint64_t lost                   # unhash fell back to a full scan (entry key changed while hashed)
     uint64_t growths
     int out                         # 1: out-direction index
+    uint64_t relb                   # old-array bytes [0, relb) released (the sweep's wrapped part)
 
 
 ctypedef struct tw_bucket:

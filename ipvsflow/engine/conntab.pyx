@@ -66,6 +66,7 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
+    #include <fcntl.h>
     #include <unistd.h>
     #include <sys/mman.h>
 
@@ -87,17 +88,28 @@ cdef extern from *:
         if (tail) munmap((char *)(a + bytes), tail);
         return (void *)a;
     }
-    /* Resident bytes of [p, p + len) (page granular). */
+    /* Bytes of [p, p + len) backed by memory of this process (page granular): pages that
+       are present and exclusively mapped in /proc/self/pagemap, so pages that were only
+       read (mapped to the shared zero page) do not count. Falls back to mincore. */
     static uint64_t ct_resident(void *p, uint64_t len) {
         uint64_t ps = ct_page_size(), start = (uint64_t)p & ~(ps - 1), end = (uint64_t)p + len;
-        uint64_t npages = (end - start + ps - 1) / ps, res = 0, i, chunk;
-        unsigned char vec[4096];
+        uint64_t npages = (end - start + ps - 1) / ps, res = 0, i, j, chunk;
+        uint64_t ent[512];
+        unsigned char vec[512];
+        int fd = open("/proc/self/pagemap", O_RDONLY);
         for (i = 0; i < npages; i += chunk) {
-            uint64_t j;
-            chunk = npages - i < 4096 ? npages - i : 4096;
-            if (mincore((void *)(start + i * ps), chunk * ps, vec) != 0) return 0;
-            for (j = 0; j < chunk; j++) res += vec[j] & 1;
+            chunk = npages - i < 512 ? npages - i : 512;
+            if (fd >= 0) {
+                ssize_t got = pread(fd, ent, chunk * 8, (off_t)((start / ps + i) * 8));
+                if (got != (ssize_t)(chunk * 8)) { close(fd); fd = -1; i = 0; res = 0; chunk = 0; continue; }
+                for (j = 0; j < chunk; j++)
+                    res += ((ent[j] >> 63) & 1) && ((ent[j] >> 56) & 1);
+            } else {
+                if (mincore((void *)(start + i * ps), chunk * ps, vec) != 0) return 0;
+                for (j = 0; j < chunk; j++) res += vec[j] & 1;
+            }
         }
+        if (fd >= 0) close(fd);
         return res * ps;
     }
     """
@@ -233,22 +245,21 @@ cdef void migrate_finish(ct_index *ix) noexcept nogil:
     ix.ot = 0
     ix.cursor = 0
     ix.rel = 0
+    ix.relb = 0
     ix.oreleased = 0
     ix.ostart = 0
     ix.nfall = 0
 
 
-# Give back the whole pages inside old positions [a, b) (a < b <= size).
-cdef void release_range(ct_index *ix, uint64_t a, uint64_t b) noexcept nogil:
-    cdef uint64_t ps = ct_page_size()
-    cdef uint64_t lo = round_up(a * 8, ps), hi = (b * 8) & ~(ps - 1)
+# Give back old-array bytes [lo, hi) (page aligned) to the kernel.
+cdef void release_bytes(ct_index *ix, uint64_t lo, uint64_t hi) noexcept nogil:
     if hi > lo:
         madvise(<uint8_t *>ix.os + lo, hi - lo, MADV_DONTNEED)
         ix.oreleased += hi - lo
 
 
 cdef void migrate_step(ct_index *ix, uint64_t nslots) noexcept nogil:
-    cdef uint64_t w, end, p, size, a, b
+    cdef uint64_t w, end, p, size, a, b, ps
     if ix.os == NULL:
         return
     size = ix.omask + 1
@@ -268,16 +279,22 @@ cdef void migrate_step(ct_index *ix, uint64_t nslots) noexcept nogil:
     if ix.cursor >= size:
         migrate_finish(ix)
         return
-    if ix.cursor - ix.rel >= RELEASE_CHUNK // 8:
-        # swept positions [ostart + rel, ostart + cursor), split where they wrap
-        a = (ix.ostart + ix.rel) & ix.omask
-        b = a + (ix.cursor - ix.rel)
-        if b <= size:
-            release_range(ix, a, b)
-        else:
-            release_range(ix, a, size)
-            release_range(ix, 0, b - size)
-        ix.rel = ix.cursor
+    # swept pages go back to the kernel: [ostart, size) first, then the wrapped [0, ostart)
+    ps = ct_page_size()
+    if size * 8 < ps:
+        return
+    a = ix.ostart + ix.cursor
+    b = (a if a < size else size) * 8
+    if b < size * 8:
+        b &= ~(ps - 1)
+    if b >= ix.rel + RELEASE_CHUNK or (b == size * 8 and b > ix.rel):
+        release_bytes(ix, ix.rel, b)
+        ix.rel = b
+    if a > size:
+        b = ((a - size) * 8) & ~(ps - 1)
+        if b >= ix.relb + RELEASE_CHUNK:
+            release_bytes(ix, ix.relb, b)
+            ix.relb = b
 
 
 cdef inline bint over_grow_threshold(uint64_t count, uint64_t nslots) noexcept nogil:
@@ -305,6 +322,8 @@ cdef void start_growth(ct_index *ix) noexcept nogil:
     ix.ostart = 0
     while ix.os[ix.ostart] != 0:        # load <= 0.7: an empty slot exists
         ix.ostart += 1
+    ix.rel = round_up(ix.ostart * 8 + 8, ct_page_size())   # (the page holding ostart stays)
+    ix.relb = 0
     ix.s = a
     ix.mask = nslots - 1
     ix.n = 0
@@ -991,7 +1010,7 @@ BENCH_TIMEOUT[:] = [2 * 10**9, 900 * 10**9, 120 * 10**9, 60 * 10**9, 120 * 10**9
                     10 * 10**9, 60 * 10**9, 30 * 10**9, 120 * 10**9, 120 * 10**9]
 
 
-def addr16(addr, af=None):
+def addr16(addr):
     """A 16-byte address (IPv4 mapped ::ffff:a.b.c.d) from bytes (4 or 16), str or ipaddress."""
     if isinstance(addr, str):
         addr = _ipaddress.ip_address(addr)
@@ -1248,7 +1267,7 @@ cdef class ConnTable:
             next_serial=self.t.next_serial,
             in_slots=a.mask + 1, in_count=a.n + a.on, in_migrating=a.os != NULL,
             in_old_slots=(a.omask + 1) if a.os != NULL else 0, in_cursor=a.cursor,
-            in_growths=a.growths, in_grow_fail=a.grow_fail, in_lost=a.lost,
+            in_growths=a.growths, in_grow_fail=a.grow_fail, in_lost=a.lost, in_fallback=a.nfall,
             out_slots=b.mask + 1, out_count=b.n + b.on, out_migrating=b.os != NULL,
             out_old_slots=(b.omask + 1) if b.os != NULL else 0, out_cursor=b.cursor,
             out_growths=b.growths, out_grow_fail=b.grow_fail, out_lost=b.lost,
@@ -1258,7 +1277,7 @@ cdef class ConnTable:
 
     def memory(self, resident=False):
         """Bytes held: entries (slab up to its high-water mark), indexes + timers, per live
-        connection. ``resident=True`` adds what the kernel reports resident (mincore)."""
+        connection. ``resident=True`` adds the bytes the kernel actually backs (pagemap)."""
         cdef uint64_t eb = self.t.hwm * sizeof(conn_entry)
         cdef uint64_t ib = ct_index_bytes(self.t)
         cdef ct_index *a = <ct_index *>self.t.in_idx
@@ -1327,7 +1346,7 @@ cdef class ConnTable:
         # timers: every armed entry is in exactly one bucket list or held by the heap
         assert w.armed == armed, f"armed count {w.armed} != {armed}"
         seen = 0
-        for b in range(CT_TW_BUCKETS):
+        for b in range(<uint32_t>CT_TW_BUCKETS):
             lvl = b >> 8
             nonempty = w.b[b].head != CONN_NONE
             assert nonempty == bool(w.bits[lvl][(b >> 6) & 3] >> (b & 63) & 1), f"bucket bit {b}"
