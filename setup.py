@@ -57,7 +57,8 @@ setup(
     install_requires=["numpy>=1.24", "rich>=13"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "pyshark>=0.6", "dpkt>=1.9", "scapy>=2.5",
-                 "pyarrow>=12", "matplotlib>=3.6"],
+                 "pyarrow>=12", "matplotlib>=3.6", "prometheus-client>=0.17"],
+        "live": ["prometheus-client>=0.17"],
         "plot": ["matplotlib>=3.6"],
         "parquet": ["pyarrow>=12"],
     },

@@ -457,7 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_conns(sub)
     _add_synth(sub)
+    _add_live(sub)
     return p
+
+
+def _add_live(sub) -> None:
+    from .live import cli as live_cli
+    p = sub.add_parser("live", help="run a live director on AF_PACKET (NAT, DR, TUN)")
+    live_cli.add_live_arguments(p)
+    p.set_defaults(func=live_cli.run_live)
+    p = sub.add_parser("ctl", help="change or list a running live director (ipvsadm-style commands)")
+    live_cli.add_ctl_arguments(p)
+    p.set_defaults(func=live_cli.run_ctl)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
