@@ -42,6 +42,11 @@ def _add_rule_options(p: argparse.ArgumentParser, kernel_help: str = "") -> None
     g.add_argument("--dr-replies", choices=("ignore", "inspect"), default="ignore",
                    help="VIP->client replies of DR/TUN connections: ignore them (the director would not see "
                         "them, default) or inspect them as kernels >= 5.11 do when replies pass the director")
+    g.add_argument("--mark", metavar="RULE", action="append", default=[],
+                   help="firewall mark rule for fwmark services (repeatable): an iptables/ip6tables or nft "
+                        "command, or 'tcp dst 10.0.0.1 dport 80,443 -> 1'")
+    g.add_argument("--marks", metavar="FILE", action="append", default=[],
+                   help="firewall mark rules: nft ruleset, iptables commands / iptables-save output, or compact rules")
 
 
 def _add_input_options(p: argparse.ArgumentParser) -> None:
@@ -69,6 +74,14 @@ def _build_config(args) -> tuple:
         cfg = load_rules(path, base=cfg)
     if args.rule:
         cfg = parse_rules("\n".join(args.rule), source="--rule", base=cfg)
+    from .marks import load_marks, mark_notes, parse_mark
+    notes: list = []
+    for path in getattr(args, "marks", ()):
+        cfg.marks = load_marks(path, base=cfg.marks, notes=notes)
+    for i, text in enumerate(getattr(args, "mark", ()), 1):
+        cfg.marks = parse_mark(text, source=f"--mark #{i}", base=cfg.marks, notes=notes)
+    for n in notes + (mark_notes(cfg.marks) if cfg.marks else []):
+        print(f"note: {n}", file=sys.stderr)
     for s in args.sysctl:
         name, value = parse_sysctl(s)
         cfg.sysctls[name] = value

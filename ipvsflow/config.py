@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from ipvsflow.marks import MarkRule
 
 # Forwarding methods, with ipvsadm's switches and listing names.
 FWD_MASQ, FWD_LOCAL, FWD_TUNNEL, FWD_DROUTE = 0, 1, 2, 3
@@ -103,6 +106,8 @@ class Config:
     timeouts: tuple[int, int, int] = DEFAULT_TIMEOUTS      # tcp, tcpfin, udp (ipvsadm --set)
     kernel: str = "6.1"         # behaviour variant (see ipvsflow.engine.variants)
     events: list[Event] = field(default_factory=list)
+    # firewall marks for fwmark services (ipvsflow.marks): iptables/nft/compact mark rules
+    marks: list[MarkRule] = field(default_factory=list)
 
     def copy(self) -> "Config":
         return dataclasses.replace(
@@ -110,6 +115,7 @@ class Config:
             services=[dataclasses.replace(s, dests=[dataclasses.replace(d) for d in s.dests]) for s in self.services],
             sysctls=dict(self.sysctls),
             events=list(self.events),
+            marks=list(self.marks),
         )
 
 
@@ -530,10 +536,15 @@ def parse_rules(text: str, source: str = "<rules>", base: Optional[Config] = Non
         for cmd in parse_keepalived(text, source):
             apply_command(cfg, cmd)
         return cfg
+    from ipvsflow.marks import MarkReader
+    marks = MarkReader(source, base=cfg.marks)     # iptables / nft / --mark lines (fwmark services)
     for lineno, line in enumerate(text.splitlines(), 1):
+        if marks.feed(line, lineno):
+            continue
         cmd = parse_command(line, lineno, source)
         if cmd is not None:
             apply_command(cfg, cmd)
+    cfg.marks = marks.finish()
     return cfg
 
 

@@ -196,6 +196,10 @@ def build_config(fx: Fixture):
     """ipvsflow.config.Config equivalent to the VM's setup."""
     from ipvsflow import config as C
     cfg = C.parse_rules(rules_text(fx.expected))
+    if "--nft" in fx.args:
+        # the nft ruleset the VM loaded marks packets for fwmark services
+        from ipvsflow.marks import load_marks
+        cfg.marks = load_marks(str(fx.path / fx.args[fx.args.index("--nft") + 1]))
     cfg.sysctls.update(sysctls(fx))
     cfg.timeouts = timeouts(fx.expected)
     cfg.kernel = "6.1"

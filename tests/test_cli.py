@@ -226,3 +226,33 @@ def test_conns_file_formats_agree(capture, rules, tmp_path, capsys):
     assert (first["id.orig_p"], third["id.orig_p"]) == (40000, 40000)
     assert third["reuse_of"] == first["uid"] and third["reuse_decision"] == "kept"
     assert first["history"] == "SAF" and first["orig_pkts"] == 4 and first["resp_pkts"] == 0
+
+
+def test_fwmark_service_gets_its_marks_from_mark_rules(tmp_path, capsys):
+    """An fwmark service only sees packets a firewall rule marked: without --mark nothing is
+    scheduled, with an iptables or a compact rule both ports reach the service's servers."""
+    from ipvsflow.decisions import read_decisions
+    from ipvsflow.io import PcapWriter
+    cap = tmp_path / "fwm.pcap"
+    t = 1_700_000_000_000_000_000
+    with PcapWriter(str(cap)) as w:
+        for i, (port, dport) in enumerate(((40000, 80), (40001, 443), (40002, 8080))):
+            w.write(_frame("10.0.0.1", port, "10.0.0.100", dport, 0x02), t + i * 1_000_000)
+    rules = ["-R", "-A -f 1 -s rr", "-R", "-a -f 1 -r 10.0.1.1:0 -g", "-R", "-a -f 1 -r 10.0.1.2:0 -g"]
+    marks = {
+        "none": [],
+        "iptables": ["--mark", "iptables -t mangle -A PREROUTING -p tcp -d 10.0.0.100 -m multiport "
+                               "--dports 80,443 -j MARK --set-mark 1"],
+        "compact": ["--mark", "tcp dst 10.0.0.100 dport 80,443 -> 1"],
+    }
+    got = {}
+    for name, extra in marks.items():
+        out = tmp_path / f"{name}.jsonl"
+        rc, _, err = run(["analyze", cap, *rules, *extra, "-q", "--decisions", out], capsys)
+        assert rc == 0, err
+        got[name] = [(d["action"], d["rs"]) for d in read_decisions(str(out))]
+    assert [a for a, _ in got["none"]] == ["pass", "pass", "pass"]
+    assert got["iptables"] == got["compact"]
+    assert [a for a, _ in got["compact"]] == ["new", "new", "pass"]
+    # rs names the real server as configured (port 0: the packet's port is kept)
+    assert {rs for _, rs in got["compact"][:2]} == {"10.0.1.1:0", "10.0.1.2:0"}

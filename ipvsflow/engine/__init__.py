@@ -17,7 +17,7 @@ from ipvsflow.engine.names import (
 from ipvsflow.engine.variants import variant_for, parse_kernel
 
 # What the engine implements beyond TCP/UDP (oracle fixtures name these in spec.json "requires").
-FEATURES = frozenset({"sctp"})
+FEATURES = frozenset({"dh", "fwmark", "icmp", "mh", "persistence", "sctp", "sh"})
 
 _LAZY = {"Engine", "DECISION_DTYPE"}
 

@@ -29,18 +29,26 @@ from ipvsflow.engine.conntab cimport (
     conntab, conn_entry, conn_key, CONN_NONE,
     CF_FWD_MASK, CF_MASQ, CF_BYPASS, CF_NOOUTPUT, CF_INACTIVE, CF_TEMPLATE, CF_ONE_PACKET, CF_NFCT,
     XF_USED, XF_IN_HASHED, XF_OUT_HASHED, XF_TIMER, XF_EXPIRE_LATER, XF_ENGINE1,
-    ct_new, ct_free_table, ct_alloc, ct_release, ct_key_hash, ct_key_in_of,
-    ct_prefetch_in, ct_prefetch_out, ct_prefetch_entry, ct_peek_in,
-    ct_hash_in, ct_hash_out, ct_unhash, ct_lookup_in, ct_lookup_out,
-    ct_timer_set, ct_timer_del, ct_timer_next, ct_timer_pop, ct_index_bytes,
+    ct_new, ct_free_table, ct_alloc, ct_release, ct_key_in_of,
+    ct_hash_in, ct_hash_out, ct_unhash, ct_timer_del, ct_timer_next, ct_timer_pop, ct_index_bytes,
+    # per-packet operations: the .pxd's inline versions (a cross-module call is an indirect
+    # call that the C compiler cannot inline)
+    ct_key_hash_i as ct_key_hash, ct_lookup_in_i as ct_lookup_in, ct_lookup_out_i as ct_lookup_out,
+    ct_prefetch_in_i as ct_prefetch_in, ct_prefetch_out_i as ct_prefetch_out,
+    ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in,
+    ct_timer_set_i as ct_timer_set,
 )
 from ipvsflow.engine.services cimport (
     svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
 )
-from ipvsflow.engine.proto_tcp cimport tcp_register, tcp_state_active, TCP_S_LAST
-from ipvsflow.engine.proto_udp cimport udp_register
+from ipvsflow.engine.proto_tcp cimport (
+    tcp_register, tcp_state_active, TCP_S_LAST, tcp_state_table, tcp_set_state_i, tcp_timeout_i,
+    tcp_is_new_conn_i,
+)
+from ipvsflow.engine.proto_udp cimport udp_register, udp_set_state_i, udp_timeout_i
 from ipvsflow.engine.proto_sctp cimport sctp_register
 from ipvsflow.engine.proto_ah_esp cimport ah_esp_register, PORT_ISAKMP
+from ipvsflow.engine.classify cimport Classifier, mark_table, classify_burst
 from ipvsflow.io.batch cimport pkt_desc, PacketBatch
 
 import functools
@@ -106,6 +114,40 @@ udp_register(&PROTOS[IPPROTO_UDP])
 sctp_register(&PROTOS[IPPROTO_SCTP])
 ah_esp_register(&PROTOS[IPPROTO_AH], IPPROTO_AH)
 ah_esp_register(&PROTOS[IPPROTO_ESP], IPPROTO_ESP)
+# tcp_states[] and tcp_states_dos[], for the inline TCP transition
+cdef const uint8_t *TCP_TABLES[2]
+TCP_TABLES[0] = tcp_state_table(False)
+TCP_TABLES[1] = tcp_state_table(True)
+
+
+# The protocol hooks of the packet path. TCP and UDP, nearly all traffic, run the protocol
+# files' inline versions (an ops-table call is an indirect call the C compiler cannot inline);
+# the other protocols go through the ops table. `ops` is the packet's protocol (AH/ESP packets
+# run on their UDP/500 entry with AH/ESP's ops), cp.proto the entry's.
+cdef inline bint _is_new_conn(const proto_ops *ops, const pkt_desc *p) noexcept nogil:
+    if ops.protocol == IPPROTO_TCP:
+        return tcp_is_new_conn_i(p)
+    if ops.protocol == IPPROTO_UDP:
+        return False
+    return ops.is_new_conn(p)
+
+
+cdef inline void _set_state(engine_t *e, const proto_ops *ops, conn_entry *cp, int direction,
+                            const pkt_desc *p) noexcept nogil:
+    if ops.protocol == IPPROTO_TCP:
+        tcp_set_state_i(e, TCP_TABLES[e.secure_tcp > 1], cp, direction, p.tcp_flags)
+    elif ops.protocol == IPPROTO_UDP:
+        udp_set_state_i(e, cp, direction)
+    else:
+        ops.state_transition(e, cp, direction, p)
+
+
+cdef inline int64_t _proto_timeout(const engine_t *e, const conn_entry *cp) noexcept nogil:
+    if cp.proto == IPPROTO_TCP:
+        return tcp_timeout_i(e, cp)
+    if cp.proto == IPPROTO_UDP:
+        return udp_timeout_i(e)
+    return PROTOS[cp.proto].timeout(e, cp)
 
 
 # ---- small helpers ----------------------------------------------------------------------------
@@ -138,7 +180,8 @@ cdef inline void _filter_add(uint64_t *f, const uint8_t *a) noexcept nogil:
 cdef inline void _key_from_pkt(conn_key *k, const pkt_desc *p) noexcept nogil:
     # in-index key of a client -> VIP packet; the same fields are the out-index key of a real
     # server -> client packet (a = source, b = destination). AH/ESP: the UDP/500 connection.
-    memset(k, 0, sizeof(conn_key))
+    k.is_template = 0
+    k._pad = 0
     memcpy(k.a, p.src, 16)
     memcpy(k.b, p.dst, 16)
     if p.proto == IPPROTO_AH or p.proto == IPPROTO_ESP:
@@ -270,7 +313,7 @@ cdef inline int64_t _timeout(const core_t *c, const conn_entry *cp) noexcept nog
         return <int64_t>e.svcs[e.dests[cp.dest].svc].timeout_s * NS
     if cp.xflags & XF_FRESH:
         return FRESH_NS             # ip_vs_conn_new: 3 s until a state transition sets one
-    return PROTOS[cp.proto].timeout(e, cp)
+    return _proto_timeout(e, cp)
 
 
 cdef void _conn_expire(core_t *c, uint32_t id, int64_t fire_ns, bint dropped) noexcept nogil:
@@ -662,7 +705,7 @@ cdef void _handle_response(core_t *c, const proto_ops *ops, uint32_t id, const p
     if _tracking(c) and ops.nf_track != NULL:
         ops.nf_track(&c.nf[id], IP_VS_DIR_OUTPUT, p, e.now_ns)
     _out_stats(e, cp, p)
-    ops.state_transition(e, cp, IP_VS_DIR_OUTPUT, p)
+    _set_state(e, ops, cp, IP_VS_DIR_OUTPUT, p)
     cp.xflags &= ~(<uint8_t>XF_FRESH)
     d.action = ACT_HIT
     _dec_entry(e, d, cp)
@@ -710,7 +753,7 @@ cdef void _local_reset(core_t *c, uint32_t id, const pkt_desc *p) noexcept nogil
     if _tracking(c) and PROTOS[IPPROTO_TCP].nf_track != NULL:
         PROTOS[IPPROTO_TCP].nf_track(&c.nf[id], IP_VS_DIR_OUTPUT, &rst, e.now_ns)
     _out_stats(e, cp, &rst)
-    PROTOS[IPPROTO_TCP].state_transition(e, cp, IP_VS_DIR_OUTPUT, &rst)
+    _set_state(e, &PROTOS[IPPROTO_TCP], cp, IP_VS_DIR_OUTPUT, &rst)
     cp.xflags &= ~(<uint8_t>XF_FRESH)
     _conn_put(c, id)
 
@@ -783,7 +826,7 @@ cdef void _in_hook(core_t *c, const proto_ops *ops, const pkt_desc *p, uint32_t 
         if tracking:
             # netfilter (PREROUTING) sees the packet before IPVS (LOCAL_IN)
             nf = ops.nf_track(&c.nf[id], IP_VS_DIR_INPUT, p, e.now_ns)
-        if ops.is_new_conn(p):
+        if _is_new_conn(ops, p):
             d.flags |= DF_REUSE
             d.reuse_of = cp.serial
             r = _reuse_block(c, ops, id, d, nf)
@@ -856,7 +899,7 @@ cdef void _in_hook(core_t *c, const proto_ops *ops, const pkt_desc *p, uint32_t 
         d.action = ACT_HIT
     cp = &t.entries[id]
     _in_stats(e, cp, p)
-    ops.state_transition(e, cp, IP_VS_DIR_INPUT, p)
+    _set_state(e, ops, cp, IP_VS_DIR_INPUT, p)
     cp.xflags &= ~(<uint8_t>XF_FRESH)
     _dec_entry(e, d, cp)
     _conn_put(c, id)
@@ -965,15 +1008,105 @@ cdef uint32_t _lookup_swapped_nonnat(core_t *c, const conn_key *k) noexcept nogi
     return id
 
 
+cdef inline void _dec_hit(decision_t *d, const pkt_desc *p, const conn_entry *cp, int32_t svc,
+                          uint8_t dir, uint8_t old_state) noexcept nogil:
+    # the whole record of a packet forwarded on an entry with a real server, in one pass
+    # (what _dec_init and _dec_entry write for it)
+    d.pkt = p.index
+    d.ts_ns = p.ts_ns
+    d.conn = cp.serial
+    d.reuse_of = 0
+    d.rs = <int32_t>cp.dest
+    d.svc = svc
+    d.action = ACT_HIT
+    d.reason = R_NONE
+    d.dir = dir
+    d.proto = p.proto
+    d.state = cp.state
+    d.old_state = old_state
+    d.flags = DF_NOOUTPUT if (cp.flags & CF_NOOUTPUT) else 0
+    d._pad = 0
+    d.dport = cp.dport
+    d.vport = cp.vport
+    d.fwd = cp.flags & CF_FWD_MASK
+    d._pad2[0] = 0
+    d._pad2[1] = 0
+    d._pad2[2] = 0
+    memcpy(d.vaddr, cp.vaddr, 16)
+
+
+cdef inline bint _fast_hit(core_t *c, const proto_ops *ops, const pkt_desc *p, uint32_t id,
+                           int direction, decision_t *d) noexcept nogil:
+    # The common case in one pass: a packet on an existing entry bound to an available real
+    # server, with nothing else to decide (not a SYN/INIT that may reuse the entry, no
+    # netfilter model to run). Does exactly what _in_hook (IP_VS_DIR_INPUT) or
+    # _handle_response (IP_VS_DIR_OUTPUT) do with such a packet; False: nothing done, take them.
+    cdef engine_t *e = &c.e
+    cdef conn_entry *cp = &e.ct.entries[id]
+    cdef uint32_t dest = cp.dest
+    cdef uint8_t old_state = cp.state
+    cdef dest_t *dp
+    cdef service_t *s
+    if dest == CONN_NONE or (_tracking(c) and ops.nf_track != NULL):
+        return False
+    if direction == IP_VS_DIR_INPUT and _is_new_conn(ops, p):
+        return False
+    dp = &e.dests[dest]
+    if not (dp.flags & DEST_F_AVAILABLE):
+        return False
+    s = &e.svcs[dp.svc]
+    if direction == IP_VS_DIR_INPUT:
+        dp.inpkts += 1
+        dp.inbytes += p.l3_len
+        s.inpkts += 1
+        s.inbytes += p.l3_len
+    else:
+        dp.outpkts += 1
+        dp.outbytes += p.l3_len
+        s.outpkts += 1
+        s.outbytes += p.l3_len
+    _set_state(e, ops, cp, direction, p)
+    cp.xflags &= ~(<uint8_t>XF_FRESH)
+    _dec_hit(d, p, cp, dp.svc, DIR_IN if direction == IP_VS_DIR_INPUT else DIR_OUT, old_state)
+    _conn_put(c, id)
+    return True
+
+
 cdef void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, decision_t *d) noexcept nogil:
+    # key.hash != 0: the packet parsed, its protocol is modelled (so it is no ICMP error), and
+    # key is its hashed in-key (_stage_key)
+    cdef uint32_t id = CONN_NONE
+    cdef bint rs_src
+    _step_clock(c, p.ts_ns)
+    if key.hash != 0:
+        # the lookups of the general path below, in its order, fast path first
+        rs_src = (c.nat_hashed != 0 or c.e.nat_icmp_send != 0) and _filter_hit(c.rs_filter, p.src)
+        if rs_src:
+            if c.nat_hashed:
+                id = ct_lookup_out(c.e.ct, key)
+                if id != CONN_NONE and _fast_hit(c, &PROTOS[p.proto], p, id, IP_VS_DIR_OUTPUT, d):
+                    return
+        elif key.pa:
+            id = ct_lookup_in(c.e.ct, key)
+            if id != CONN_NONE and _fast_hit(c, &PROTOS[p.proto], p, id, IP_VS_DIR_INPUT, d):
+                return
+            _dec_init(d, p)
+            _process_general(c, p, key, d, id, True)
+            return
+    _dec_init(d, p)
+    _process_general(c, p, key, d, CONN_NONE, False)
+
+
+cdef void _process_general(core_t *c, const pkt_desc *p, conn_key *key, decision_t *d,
+                           uint32_t in_id, bint in_done) noexcept nogil:
+    # Every packet the fast path did not finish. in_done: the NAT out-lookup found nothing to do
+    # and in_id is the in-lookup's result.
     cdef engine_t *e = &c.e
     cdef conntab *t = e.ct
     cdef const proto_ops *ops
     cdef uint32_t id
     cdef conn_entry *cp
     cdef conn_key k2
-    _dec_init(d, p)
-    _step_clock(c, p.ts_ns)
     if p.status != PS_OK:
         d.action = ACT_INVALID
         d.reason = _status_reason(p.status)
@@ -987,7 +1120,9 @@ cdef void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, decision_
         d.reason = R_PROTO_NOT_MODELLED if ops.registered else R_NOT_IPVS_PROTO
         return
     # ip_vs_out_hook (LOCAL_IN, before the in hook): NAT replies from the real server
-    if c.nat_hashed and _filter_hit(c.rs_filter, p.src):
+    if in_done:
+        pass
+    elif c.nat_hashed and _filter_hit(c.rs_filter, p.src):
         id = ct_lookup_out(t, key)
         if id != CONN_NONE:
             _handle_response(c, ops, id, p, d)
@@ -1006,7 +1141,10 @@ cdef void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, decision_
             return
     # __ip_vs_conn_in_get: a packet with client port 0 matches only NO_CPORT entries (FTP's
     # templates of data connections, not modelled), never an ordinary connection
-    id = ct_lookup_in(t, key) if key.pa else CONN_NONE
+    if in_done:
+        id = in_id
+    else:
+        id = ct_lookup_in(t, key) if key.pa else CONN_NONE
     if id == CONN_NONE and (c.vip_filter_off or _filter_hit(c.vip_filter, p.src)):
         # a reply VIP:vport -> client captured in front of the director
         _key_swapped(&k2, p)
@@ -1029,41 +1167,55 @@ cdef void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, decision_
     _in_hook(c, ops, p, id, d)
 
 
-cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t *out) noexcept nogil:
-    cdef conntab *t = c.e.ct
-    cdef uint32_t base = 0
-    cdef uint32_t j, m, id
-    cdef const pkt_desc *p
-    cdef bint outs, pf
-    while base < n:
-        m = n - base
-        if m > BURST_CHUNK:
-            m = BURST_CHUNK
-        outs = c.nat_hashed != 0
-        # a table this small stays in cache: prefetching would only add work
-        pf = t.live >= PREFETCH_MIN_LIVE
-        # stage 1: hash the chunk's keys, prefetch their index slots
-        for j in range(m):
-            p = &pkts[base + j]
-            if p.status == PS_OK and PROTOS[p.proto].modelled:
-                _key_from_pkt(&c.keys[j], p)
-                ct_key_hash(t, &c.keys[j])
-                if pf:
-                    ct_prefetch_in(t, c.keys[j].hash)
-                    if outs and _filter_hit(c.rs_filter, p.src):
-                        ct_prefetch_out(t, c.keys[j].hash)
-        # stage 2: prefetch the entries the slots name
+cdef inline void _stage_key(core_t *c, const pkt_desc *p, conn_key *k, bint pf) noexcept nogil:
+    # burst pipeline, first stage: the packet's in-key (the out-key of a reply from a real
+    # server has the same fields), hashed once for every lookup of the packet, and its index
+    # slots prefetched. hash 0 (never a real signature): no key.
+    if p.status == PS_OK and PROTOS[p.proto].modelled:
+        _key_from_pkt(k, p)
+        ct_key_hash(c.e.ct, k)
         if pf:
-            for j in range(m):
-                p = &pkts[base + j]
-                if p.status == PS_OK and PROTOS[p.proto].modelled:
-                    id = ct_peek_in(t, c.keys[j].hash)
-                    if id != CONN_NONE:
-                        ct_prefetch_entry(t, id)
-        # stage 3: packet by packet, with the real lookups
-        for j in range(m):
-            _process_packet(c, &pkts[base + j], &c.keys[j], &out[base + j])
-        base += m
+            ct_prefetch_in(c.e.ct, k.hash)
+            if c.nat_hashed and _filter_hit(c.rs_filter, p.src):
+                ct_prefetch_out(c.e.ct, k.hash)
+    else:
+        k.hash = 0
+
+
+cdef inline void _stage_entry(core_t *c, const conn_key *k) noexcept nogil:
+    # second stage: the entry the in-slot names (its slot was prefetched PF_SLOT_AHEAD - 
+    # PF_ENTRY_AHEAD packets earlier). Only a hint: the real lookup runs in packet order.
+    cdef uint32_t id
+    if k.hash != 0:
+        id = ct_peek_in(c.e.ct, k.hash)
+        if id != CONN_NONE:
+            ct_prefetch_entry(c.e.ct, id)
+
+
+cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t *out) noexcept nogil:
+    # Rolling software pipeline (the rte_hash bulk-lookup idea without its stalls): while
+    # packet j is processed, the slots of packet j + PF_SLOT_AHEAD and the entry of packet
+    # j + PF_ENTRY_AHEAD are being fetched, so about PF_SLOT_AHEAD misses are always in
+    # flight and none is waited for. Each packet is still processed in order with the real
+    # lookups (a packet may create the entry the next one finds).
+    cdef uint32_t j
+    cdef bint pf = c.e.ct.live >= PREFETCH_MIN_LIVE
+    if not pf:
+        # a table this small stays in cache: prefetching would only add work
+        for j in range(n):
+            _stage_key(c, &pkts[j], &c.keys[0], False)
+            _process_packet(c, &pkts[j], &c.keys[0], &out[j])
+        return
+    for j in range(PF_SLOT_AHEAD if n > PF_SLOT_AHEAD else n):
+        _stage_key(c, &pkts[j], &c.keys[j & KEY_RING_MASK], True)
+    for j in range(PF_ENTRY_AHEAD if n > PF_ENTRY_AHEAD else n):
+        _stage_entry(c, &c.keys[j & KEY_RING_MASK])
+    for j in range(n):
+        if j + PF_SLOT_AHEAD < n:
+            _stage_key(c, &pkts[j + PF_SLOT_AHEAD], &c.keys[(j + PF_SLOT_AHEAD) & KEY_RING_MASK], True)
+        if j + PF_ENTRY_AHEAD < n:
+            _stage_entry(c, &c.keys[(j + PF_ENTRY_AHEAD) & KEY_RING_MASK])
+        _process_packet(c, &pkts[j], &c.keys[j & KEY_RING_MASK], &out[j])
 
 
 # ---- decision dtype -----------------------------------------------------------------------------
@@ -1212,6 +1364,7 @@ cdef class Engine:
     cdef str _dr_replies
     cdef str _ct_model
     cdef object _kernel
+    cdef Classifier _classifier      # firewall marks (Config.marks) for fwmark services; None: no rules
 
     def __cinit__(self):
         self.c = <core_t *>calloc(1, sizeof(core_t))
@@ -1277,6 +1430,7 @@ cdef class Engine:
                 self.apply(Command(op="add-dest", service=vs, dest=rs,
                                    line=f"-a {vs.name()} -r {rs.endpoint()}", source="<config>"))
         self._rebuild_filters()
+        self._classifier = Classifier(config.marks) if config.marks else None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -1377,8 +1531,13 @@ cdef class Engine:
         cdef const pkt_desc *pk = batch.pkts + s
         cdef decision_t *out = self._decp
         cdef core_t *c = self.c
+        cdef const mark_table *marks = NULL
+        if self._classifier is not None:
+            marks = &self._classifier.t
         if m:
             with nogil:
+                if marks != NULL:       # the firewall's prerouting marks, before IPVS sees the packets
+                    classify_burst(marks, batch.pkts + s, m)
                 _process_burst(c, pk, m, out)
         return self._dec[:m]
 
