@@ -122,8 +122,14 @@ cdef enum:
     CT_MODEL_SIMPLE = 3         # from the IPVS entry: NOOUTPUT -> true; else false in TIME_WAIT,
                                 # CLOSE (SCTP CLOSED), true otherwise
 
+# Burst pipeline: while packet j is processed, the index slots of packet j + PF_SLOT_AHEAD
+# and the entry of packet j + PF_ENTRY_AHEAD are prefetched; the hashed keys of the packets in
+# between wait in a ring.
 cdef enum:
-    BURST_CHUNK = 128           # packets hashed/prefetched ahead of sequential processing
+    PF_SLOT_AHEAD = 48
+    PF_ENTRY_AHEAD = 24
+    KEY_RING = 64               # power of two > PF_SLOT_AHEAD
+    KEY_RING_MASK = KEY_RING - 1
     PREFETCH_MIN_LIVE = 65536   # below this many entries the table stays in cache: no prefetching
 
 # The engine's C state: the shared engine_t plus what only the core needs.
@@ -143,6 +149,7 @@ ctypedef struct core_t:
     int64_t next_due            # lower bound of the earliest timer deadline (saves a call per packet)
     nf_state *nf                # CT_MODEL_TRACKER: one per entry id (NULL until conntrack is on)
     uint64_t nf_bytes           # size of the nf mapping
-    conn_key keys[BURST_CHUNK]  # burst pipeline: hashed in-keys of the chunk being processed
+    conn_key keys[KEY_RING]     # burst pipeline: hashed in-keys of the packets ahead
+    uint8_t key_out[KEY_RING]   # 1: that packet's source may be a NAT real server (out-lookup first)
     uint32_t *tpl_timeout       # per entry id: a template's timeout in s, its service's at creation
     uint64_t tpl_bytes          # size of the tpl_timeout mapping (NULL until a persistent service)

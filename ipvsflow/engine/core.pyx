@@ -35,7 +35,7 @@ from ipvsflow.engine.conntab cimport (
     # call that the C compiler cannot inline)
     ct_key_hash_i as ct_key_hash, ct_lookup_in_i as ct_lookup_in, ct_lookup_out_i as ct_lookup_out,
     ct_prefetch_in_i as ct_prefetch_in, ct_prefetch_out_i as ct_prefetch_out,
-    ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in,
+    ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in, ct_peek_out_i as ct_peek_out,
     ct_timer_set_i as ct_timer_set,
 )
 from ipvsflow.engine.services cimport (
@@ -99,6 +99,17 @@ cdef enum:
     PS_TRUNC_ICMP_INNER = 12
     PS_BAD_ICMP_INNER = 13
 
+# Branch hints for the packet path. Besides the branch layout, they tell the C compiler which
+# calls are the hot ones: without them it takes the fast path's helpers for cold code and
+# leaves them out of line once the module's inlining budget is spent.
+cdef extern from *:
+    """
+    #define ipvs_likely(x) __builtin_expect(!!(x), 1)
+    #define ipvs_unlikely(x) __builtin_expect(!!(x), 0)
+    """
+    bint likely "ipvs_likely"(bint x) noexcept nogil
+    bint unlikely "ipvs_unlikely"(bint x) noexcept nogil
+
 cdef int64_t EXPIRE_LATER_NS = 60 * <int64_t>NS
 cdef int64_t FRESH_NS = 3 * <int64_t>NS
 cdef enum:
@@ -114,6 +125,15 @@ udp_register(&PROTOS[IPPROTO_UDP])
 sctp_register(&PROTOS[IPPROTO_SCTP])
 ah_esp_register(&PROTOS[IPPROTO_AH], IPPROTO_AH)
 ah_esp_register(&PROTOS[IPPROTO_ESP], IPPROTO_ESP)
+# _fast_hit indexes the statistics by direction
+cdef dest_t _dproto_dest
+cdef service_t _dproto_svc
+if not (<char *>&_dproto_dest.outpkts - <char *>&_dproto_dest.inpkts == 8
+        and <char *>&_dproto_dest.outbytes - <char *>&_dproto_dest.inbytes == 8
+        and <char *>&_dproto_svc.outpkts - <char *>&_dproto_svc.inpkts == 8
+        and <char *>&_dproto_svc.outbytes - <char *>&_dproto_svc.inbytes == 8
+        and IP_VS_DIR_OUTPUT - IP_VS_DIR_INPUT == 1 and DIR_OUT - DIR_IN == 1):
+    raise ImportError("ipvsflow.engine.core: statistics fields or direction codes reordered")
 # tcp_states[] and tcp_states_dos[], for the inline TCP transition
 cdef const uint8_t *TCP_TABLES[2]
 TCP_TABLES[0] = tcp_state_table(False)
@@ -420,20 +440,20 @@ cdef void _flush_nodest(core_t *c) noexcept nogil:
 
 
 cdef inline void _clock(core_t *c, int64_t ts) noexcept nogil:
-    if not c.clock_set:
+    if likely(ts >= c.e.now_ns and c.clock_set):
+        c.e.now_ns = ts
+    elif not c.clock_set:
         c.e.now_ns = ts
         c.clock_set = 1
-    elif ts >= c.e.now_ns:
-        c.e.now_ns = ts
     else:
         c.n_ts_backwards += 1       # out-of-order capture: the clock never runs backwards
 
 
 cdef inline void _step_clock(core_t *c, int64_t ts) noexcept nogil:
     _clock(c, ts)
-    if c.flush_pending:
+    if unlikely(c.flush_pending):
         _flush_nodest(c)
-    if c.e.now_ns >= c.next_due:
+    if unlikely(c.e.now_ns >= c.next_due):
         _expire_due(c, c.e.now_ns)
 
 
@@ -1047,54 +1067,53 @@ cdef inline bint _fast_hit(core_t *c, const proto_ops *ops, const pkt_desc *p, u
     cdef uint8_t old_state = cp.state
     cdef dest_t *dp
     cdef service_t *s
-    if dest == CONN_NONE or (_tracking(c) and ops.nf_track != NULL):
+    if unlikely(dest == CONN_NONE or (_tracking(c) and ops.nf_track != NULL)):
         return False
-    if direction == IP_VS_DIR_INPUT and _is_new_conn(ops, p):
+    if unlikely(direction == IP_VS_DIR_INPUT and _is_new_conn(ops, p)):
         return False
     dp = &e.dests[dest]
-    if not (dp.flags & DEST_F_AVAILABLE):
+    if unlikely(not (dp.flags & DEST_F_AVAILABLE)):
         return False
     s = &e.svcs[dp.svc]
-    if direction == IP_VS_DIR_INPUT:
-        dp.inpkts += 1
-        dp.inbytes += p.l3_len
-        s.inpkts += 1
-        s.inbytes += p.l3_len
-    else:
-        dp.outpkts += 1
-        dp.outbytes += p.l3_len
-        s.outpkts += 1
-        s.outbytes += p.l3_len
+    # in or out statistics without a branch (directions mix at random in a capture):
+    # inpkts, outpkts, inbytes, outbytes follow each other in both structs
+    (&dp.inpkts)[direction] += 1
+    (&dp.inbytes)[direction] += p.l3_len
+    (&s.inpkts)[direction] += 1
+    (&s.inbytes)[direction] += p.l3_len
     _set_state(e, ops, cp, direction, p)
     cp.xflags &= ~(<uint8_t>XF_FRESH)
-    _dec_hit(d, p, cp, dp.svc, DIR_IN if direction == IP_VS_DIR_INPUT else DIR_OUT, old_state)
-    _conn_put(c, id)
+    _dec_hit(d, p, cp, dp.svc, DIR_IN + direction, old_state)
+    # _conn_put: a hashed entry is neither a one-packet entry nor (found by these lookups) a
+    # template, and XF_FRESH is gone, so its timeout is its protocol state's
+    _timer_set(c, id, e.now_ns + _proto_timeout(e, cp))
     return True
 
 
-cdef void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, decision_t *d) noexcept nogil:
+cdef inline void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, decision_t *d) noexcept nogil:
     # key.hash != 0: the packet parsed, its protocol is modelled (so it is no ICMP error), and
-    # key is its hashed in-key (_stage_key)
+    # key is its hashed in-key (_stage_key). Inline: the fast path becomes part of the burst
+    # loop; everything else is in _process_general.
     cdef uint32_t id = CONN_NONE
-    cdef bint rs_src
+    cdef int direction = IP_VS_DIR_INPUT
+    cdef bint in_done = False
     _step_clock(c, p.ts_ns)
-    if key.hash != 0:
-        # the lookups of the general path below, in its order, fast path first
-        rs_src = (c.nat_hashed != 0 or c.e.nat_icmp_send != 0) and _filter_hit(c.rs_filter, p.src)
-        if rs_src:
+    if likely(key.hash != 0):
+        # the lookups of the general path, in its order: a NAT real server's packet is first
+        # looked up as a reply (out index), any other as a client's (in index)
+        if (c.nat_hashed != 0 or c.e.nat_icmp_send != 0) and _filter_hit(c.rs_filter, p.src):
             if c.nat_hashed:
                 id = ct_lookup_out(c.e.ct, key)
-                if id != CONN_NONE and _fast_hit(c, &PROTOS[p.proto], p, id, IP_VS_DIR_OUTPUT, d):
-                    return
-        elif key.pa:
+                direction = IP_VS_DIR_OUTPUT
+        elif likely(key.pa != 0):
             id = ct_lookup_in(c.e.ct, key)
-            if id != CONN_NONE and _fast_hit(c, &PROTOS[p.proto], p, id, IP_VS_DIR_INPUT, d):
-                return
-            _dec_init(d, p)
-            _process_general(c, p, key, d, id, True)
+            in_done = True
+        if likely(id != CONN_NONE) and likely(_fast_hit(c, &PROTOS[p.proto], p, id, direction, d)):
             return
+        if direction == IP_VS_DIR_OUTPUT:
+            id = CONN_NONE              # the general path does the out-lookup again
     _dec_init(d, p)
-    _process_general(c, p, key, d, CONN_NONE, False)
+    _process_general(c, p, key, d, id, in_done)
 
 
 cdef void _process_general(core_t *c, const pkt_desc *p, conn_key *key, decision_t *d,
@@ -1167,27 +1186,35 @@ cdef void _process_general(core_t *c, const pkt_desc *p, conn_key *key, decision
     _in_hook(c, ops, p, id, d)
 
 
-cdef inline void _stage_key(core_t *c, const pkt_desc *p, conn_key *k, bint pf) noexcept nogil:
+cdef inline void _stage_key(core_t *c, const pkt_desc *p, uint32_t r, bint pf) noexcept nogil:
     # burst pipeline, first stage: the packet's in-key (the out-key of a reply from a real
-    # server has the same fields), hashed once for every lookup of the packet, and its index
-    # slots prefetched. hash 0 (never a real signature): no key.
-    if p.status == PS_OK and PROTOS[p.proto].modelled:
+    # server has the same fields), hashed once for every lookup of the packet, into ring slot r,
+    # and the index slots its lookups will read prefetched. hash 0 (never a real signature): no key.
+    cdef conn_key *k = &c.keys[r]
+    cdef const proto_ops *ops = &PROTOS[p.proto]
+    if likely(p.status == PS_OK and ops.modelled):
         _key_from_pkt(k, p)
         ct_key_hash(c.e.ct, k)
+        c.key_out[r] = c.nat_hashed != 0 and _filter_hit(c.rs_filter, p.src)
         if pf:
-            ct_prefetch_in(c.e.ct, k.hash)
-            if c.nat_hashed and _filter_hit(c.rs_filter, p.src):
+            # a real server's packet is a reply the out index finds: its in-lookup (only
+            # after an out miss) is not worth a line
+            if c.key_out[r]:
                 ct_prefetch_out(c.e.ct, k.hash)
+            else:
+                ct_prefetch_in(c.e.ct, k.hash)
     else:
         k.hash = 0
 
 
-cdef inline void _stage_entry(core_t *c, const conn_key *k) noexcept nogil:
-    # second stage: the entry the in-slot names (its slot was prefetched PF_SLOT_AHEAD - 
-    # PF_ENTRY_AHEAD packets earlier). Only a hint: the real lookup runs in packet order.
+cdef inline void _stage_entry(core_t *c, uint32_t r) noexcept nogil:
+    # second stage: the entry the first lookup will find, from its slot prefetched
+    # PF_SLOT_AHEAD - PF_ENTRY_AHEAD packets earlier. Only a hint: the real lookups run in
+    # packet order.
     cdef uint32_t id
+    cdef const conn_key *k = &c.keys[r]
     if k.hash != 0:
-        id = ct_peek_in(c.e.ct, k.hash)
+        id = ct_peek_out(c.e.ct, k.hash) if c.key_out[r] else ct_peek_in(c.e.ct, k.hash)
         if id != CONN_NONE:
             ct_prefetch_entry(c.e.ct, id)
 
@@ -1203,18 +1230,18 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
     if not pf:
         # a table this small stays in cache: prefetching would only add work
         for j in range(n):
-            _stage_key(c, &pkts[j], &c.keys[0], False)
+            _stage_key(c, &pkts[j], 0, False)
             _process_packet(c, &pkts[j], &c.keys[0], &out[j])
         return
     for j in range(PF_SLOT_AHEAD if n > PF_SLOT_AHEAD else n):
-        _stage_key(c, &pkts[j], &c.keys[j & KEY_RING_MASK], True)
+        _stage_key(c, &pkts[j], j & KEY_RING_MASK, True)
     for j in range(PF_ENTRY_AHEAD if n > PF_ENTRY_AHEAD else n):
-        _stage_entry(c, &c.keys[j & KEY_RING_MASK])
+        _stage_entry(c, j & KEY_RING_MASK)
     for j in range(n):
         if j + PF_SLOT_AHEAD < n:
-            _stage_key(c, &pkts[j + PF_SLOT_AHEAD], &c.keys[(j + PF_SLOT_AHEAD) & KEY_RING_MASK], True)
+            _stage_key(c, &pkts[j + PF_SLOT_AHEAD], (j + PF_SLOT_AHEAD) & KEY_RING_MASK, True)
         if j + PF_ENTRY_AHEAD < n:
-            _stage_entry(c, &c.keys[(j + PF_ENTRY_AHEAD) & KEY_RING_MASK])
+            _stage_entry(c, (j + PF_ENTRY_AHEAD) & KEY_RING_MASK)
         _process_packet(c, &pkts[j], &c.keys[j & KEY_RING_MASK], &out[j])
 
 

@@ -4,7 +4,7 @@
 # 12 rows = 3 directions (INPUT, OUTPUT, INPUT_ONLY) x 4 events (syn, fin, ack, rst), each row
 # giving the next state for the 11 current states NO ES SS SR FW TW CL CW LA LI SA.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
-from ipvsflow.engine.defs cimport engine_t, dest_t
+from ipvsflow.engine.defs cimport engine_t
 from ipvsflow.engine.conntab cimport (
     conn_entry, CONN_NONE, CF_NOOUTPUT, CF_INACTIVE, CF_TEMPLATE,
 )
@@ -17,10 +17,6 @@ from ipvsflow.engine.core cimport (
 from ipvsflow.io.batch cimport pkt_desc
 
 cdef enum:
-    TCP_DIR_INPUT = 0
-    TCP_DIR_OUTPUT = 4
-    TCP_DIR_INPUT_ONLY = 8
-    CTPL_S_ASSURED = 1
     IPPROTO_TCP = 6
 
 # short names for the tables below
@@ -82,33 +78,17 @@ cdef void _fill_tables() noexcept:
 
 _fill_tables()
 
-# tcp_state_active_table (v4.8+: be2cef49904b counts the pre-established states as active);
-# before v4.8 only ESTABLISHED was active.
-cdef bint ACTIVE_V48[11]
-cdef bint ACTIVE_OLD[11]
-cdef int _i
-for _i in range(11):
-    ACTIVE_V48[_i] = _i in (TCP_S_ESTABLISHED, TCP_S_SYN_SENT, TCP_S_SYN_RECV, TCP_S_SYNACK)
-    ACTIVE_OLD[_i] = _i == TCP_S_ESTABLISHED
-
-
+# tcp_state_active_table: TCP_ACTIVE_V48 / TCP_ACTIVE_OLD in proto_tcp.pxd.
 cdef bint tcp_state_active(const engine_t *e, int state) noexcept nogil:
-    if state < 0 or state >= TCP_S_LAST:
-        return False
-    return ACTIVE_V48[state] if e.tcp_active_v48 else ACTIVE_OLD[state]
+    return tcp_active_i(e, state)
 
 
 cdef int tcp_state_idx(uint8_t tcp_flags) noexcept nogil:
-    # priority RST > SYN > FIN > ACK; none of them: -1 (no table lookup, new state CLOSE)
-    if tcp_flags & TH_RST:
-        return 3
-    if tcp_flags & TH_SYN:
-        return 0
-    if tcp_flags & TH_FIN:
-        return 1
-    if tcp_flags & TH_ACK:
-        return 2
-    return -1
+    return tcp_event_i(tcp_flags)
+
+
+cdef const uint8_t *tcp_state_table(bint dos) noexcept nogil:
+    return &TCP_STATES[1 if dos else 0][0][0]
 
 
 cdef uint8_t tcp_next_state(const engine_t *e, int table_off, int event, int state) noexcept nogil:
@@ -120,7 +100,7 @@ cdef uint8_t tcp_next_state(const engine_t *e, int table_off, int event, int sta
 
 
 cdef bint tcp_is_new_conn(const pkt_desc *p) noexcept nogil:
-    return (p.tcp_flags & TH_SYN) != 0
+    return tcp_is_new_conn_i(p)
 
 
 cdef bint tcp_is_new_conn_expected(const conn_entry *cp, int conn_reuse_mode,
@@ -144,53 +124,14 @@ cdef uint8_t tcp_conn_schedule(const engine_t *e, const pkt_desc *p) noexcept no
     return 0
 
 
-cdef inline void _assure_control(engine_t *e, conn_entry *cp) noexcept nogil:
-    # ip_vs_control_assure_ct
-    cdef conn_entry *ct
-    if cp.control == CONN_NONE:
-        return
-    ct = &e.ct.entries[cp.control]
-    if (ct.flags & CF_TEMPLATE) and not (ct.state & CTPL_S_ASSURED):
-        ct.state |= CTPL_S_ASSURED
-
-
 cdef void tcp_state_transition(engine_t *e, conn_entry *cp, int direction,
                                const pkt_desc *p) noexcept nogil:
-    # set_tcp_state
-    cdef int state_off = TCP_DIR_OUTPUT if direction == IP_VS_DIR_OUTPUT else TCP_DIR_INPUT
-    cdef int idx
-    cdef int new_state = TCP_S_CLOSE
-    cdef bint active
-    cdef dest_t *d
-    if cp.flags & CF_NOOUTPUT:
-        if state_off == TCP_DIR_OUTPUT:
-            cp.flags &= ~(<uint16_t>CF_NOOUTPUT)
-        else:
-            state_off = TCP_DIR_INPUT_ONLY
-    idx = tcp_state_idx(p.tcp_flags)
-    if idx >= 0:
-        new_state = tcp_next_state(e, state_off, idx, cp.state)
-    if new_state != cp.state:
-        if cp.dest != CONN_NONE:
-            d = &e.dests[cp.dest]
-            active = tcp_state_active(e, new_state)
-            if not (cp.flags & CF_INACTIVE) and not active:
-                d.activeconns -= 1
-                d.inactconns += 1
-                cp.flags |= CF_INACTIVE
-            elif (cp.flags & CF_INACTIVE) and active:
-                d.activeconns += 1
-                d.inactconns -= 1
-                cp.flags &= ~(<uint16_t>CF_INACTIVE)
-        if new_state == TCP_S_ESTABLISHED:
-            _assure_control(e, cp)
-    cp.state = <uint8_t>new_state
+    # set_tcp_state (the body is tcp_set_state_i in proto_tcp.pxd)
+    tcp_set_state_i(e, tcp_state_table(e.secure_tcp > 1), cp, direction, p.tcp_flags)
 
 
 cdef int64_t tcp_timeout(const engine_t *e, const conn_entry *cp) noexcept nogil:
-    if cp.state < TCP_S_LAST:
-        return e.tcp_timeout[cp.state]
-    return e.tcp_timeout[TCP_S_LAST]
+    return tcp_timeout_i(e, cp)
 
 
 cdef bint tcp_tracker_reopens(const conn_entry *cp) noexcept nogil:

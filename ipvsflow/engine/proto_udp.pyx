@@ -15,7 +15,6 @@ from ipvsflow.io.batch cimport pkt_desc
 
 cdef enum:
     IPPROTO_UDP = 17
-    CTPL_S_ASSURED = 1
 
 
 cdef bint udp_is_new_conn(const pkt_desc *p) noexcept nogil:
@@ -33,15 +32,11 @@ cdef uint8_t udp_conn_schedule(const engine_t *e, const pkt_desc *p) noexcept no
 
 cdef void udp_state_transition(engine_t *e, conn_entry *cp, int direction,
                                const pkt_desc *p) noexcept nogil:
-    cdef conn_entry *ct
-    if direction == IP_VS_DIR_OUTPUT and cp.control != CONN_NONE:
-        ct = &e.ct.entries[cp.control]
-        if (ct.flags & CF_TEMPLATE) and not (ct.state & CTPL_S_ASSURED):
-            ct.state |= CTPL_S_ASSURED
+    udp_set_state_i(e, cp, direction)
 
 
 cdef int64_t udp_timeout(const engine_t *e, const conn_entry *cp) noexcept nogil:
-    return e.udp_timeout
+    return udp_timeout_i(e)
 
 
 cdef bint udp_tracker_reopens(const conn_entry *cp) noexcept nogil:
