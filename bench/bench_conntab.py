@@ -5,8 +5,9 @@ For each size N (IPVSFLOW_BENCH_SIZES, default "1e3,1e6,1e7"), side by side in o
 
 * ``ct``: ConnTable.bench_lookup_state, a nogil loop over IPVSFLOW_BENCH_OPS packets (default
   2,000,000) whose keys are drawn uniformly from the live set and laid out in arrival order
-  (as a parsed burst is); ``scalar`` looks each packet up on its own, ``bulk`` runs groups of
-  32 through hash -> prefetch slots -> peek + prefetch entries -> compare (rte_hash style);
+  (as a parsed burst is); ``scalar`` looks each packet up on its own, ``bulk`` prefetches
+  ahead as the engine does (hash + slot prefetch 16 packets ahead, peek + entry prefetch 8
+  ahead, then the lookup: the rte_hash bulk stages as a rolling pipeline);
 * ``C floor``: bench/conntab_floor.c, compiled with cc -O2 and run as a subprocess: the same
   work as a plain C loop over a table of the same shape (its own ns/op, CPU time);
 * ``dict``: bench/dict_engine.py, the plain-Python dict engine (tuple key -> [state, deadline]),

@@ -252,8 +252,7 @@ def test_table_loop_baseline(benchmark):
     bulk: hash, prefetch, lookup, one TCP state step and the deadline re-arm per packet) over the
     same connections and the same uniformly random hits, keys already in packet order as the
     engine reads them from its bursts: what is left when the engine's per-packet IPVS work is
-    taken away. Always available, unlike the two files above. Not a floor at large sizes: its
-    groups of 32 hide less memory latency than the engine's 128-packet pipeline."""
+    taken away, with the same prefetch pipeline. Always available, unlike the two files above."""
     from ipvsflow.engine.conntab import ConnTable
     rng = np.random.default_rng(3)
     for n in SIZES:

@@ -130,7 +130,6 @@ cdef enum:
     PF_ENTRY_AHEAD = 24
     KEY_RING = 64               # power of two > PF_SLOT_AHEAD
     KEY_RING_MASK = KEY_RING - 1
-    PREFETCH_MIN_LIVE = 65536   # below this many entries the table stays in cache: no prefetching
 
 # The engine's C state: the shared engine_t plus what only the core needs.
 ctypedef struct core_t:

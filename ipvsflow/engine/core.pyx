@@ -8,9 +8,11 @@
 # unlinked (and its server's counters updated) before the next packet, exactly as the kernel's
 # timer fires right after the packet that expired it (reference section 8).
 #
-# Hot path: _process_burst runs without the GIL over C structs only. It hashes the in-keys of
-# a chunk of the burst and prefetches their index slots and entries before processing the
-# chunk's packets one by one (a packet may create the entry the next one finds).
+# Hot path: _process_burst runs without the GIL over C structs only. It hashes each packet's
+# key and prefetches its index slot and entry a few packets ahead of the one it processes, in
+# order (a packet may create the entry the next one finds). A packet on an existing entry with
+# nothing else to decide takes _fast_hit; every other one _process_general. The table's and
+# the protocols' per-packet functions are the inline versions from their .pxd files.
 cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, INT64_MAX
 from libc.stdlib cimport calloc, free
@@ -1118,8 +1120,8 @@ cdef inline void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, de
 
 cdef void _process_general(core_t *c, const pkt_desc *p, conn_key *key, decision_t *d,
                            uint32_t in_id, bint in_done) noexcept nogil:
-    # Every packet the fast path did not finish. in_done: the NAT out-lookup found nothing to do
-    # and in_id is the in-lookup's result.
+    # Every packet the fast path did not finish. in_done: the packet's source cannot be a NAT
+    # real server (the out hook has nothing to do) and in_id is its in-lookup's result.
     cdef engine_t *e = &c.e
     cdef conntab *t = e.ct
     cdef const proto_ops *ops
@@ -1186,7 +1188,7 @@ cdef void _process_general(core_t *c, const pkt_desc *p, conn_key *key, decision
     _in_hook(c, ops, p, id, d)
 
 
-cdef inline void _stage_key(core_t *c, const pkt_desc *p, uint32_t r, bint pf) noexcept nogil:
+cdef inline void _stage_key(core_t *c, const pkt_desc *p, uint32_t r) noexcept nogil:
     # burst pipeline, first stage: the packet's in-key (the out-key of a reply from a real
     # server has the same fields), hashed once for every lookup of the packet, into ring slot r,
     # and the index slots its lookups will read prefetched. hash 0 (never a real signature): no key.
@@ -1196,13 +1198,12 @@ cdef inline void _stage_key(core_t *c, const pkt_desc *p, uint32_t r, bint pf) n
         _key_from_pkt(k, p)
         ct_key_hash(c.e.ct, k)
         c.key_out[r] = c.nat_hashed != 0 and _filter_hit(c.rs_filter, p.src)
-        if pf:
-            # a real server's packet is a reply the out index finds: its in-lookup (only
-            # after an out miss) is not worth a line
-            if c.key_out[r]:
-                ct_prefetch_out(c.e.ct, k.hash)
-            else:
-                ct_prefetch_in(c.e.ct, k.hash)
+        # a real server's packet is a reply the out index finds: its in-lookup (only after an
+        # out miss) is not worth a line
+        if c.key_out[r]:
+            ct_prefetch_out(c.e.ct, k.hash)
+        else:
+            ct_prefetch_in(c.e.ct, k.hash)
     else:
         k.hash = 0
 
@@ -1222,24 +1223,18 @@ cdef inline void _stage_entry(core_t *c, uint32_t r) noexcept nogil:
 cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t *out) noexcept nogil:
     # Rolling software pipeline (the rte_hash bulk-lookup idea without its stalls): while
     # packet j is processed, the slots of packet j + PF_SLOT_AHEAD and the entry of packet
-    # j + PF_ENTRY_AHEAD are being fetched, so about PF_SLOT_AHEAD misses are always in
-    # flight and none is waited for. Each packet is still processed in order with the real
-    # lookups (a packet may create the entry the next one finds).
+    # j + PF_ENTRY_AHEAD are being fetched, so misses are always in flight and none is waited
+    # for. Each packet is still processed in order with the real lookups (a packet may create
+    # the entry the next one finds). Even a table of a few thousand entries gains from it
+    # (the other core's work evicts it from L1/L2); one of a thousand loses nothing.
     cdef uint32_t j
-    cdef bint pf = c.e.ct.live >= PREFETCH_MIN_LIVE
-    if not pf:
-        # a table this small stays in cache: prefetching would only add work
-        for j in range(n):
-            _stage_key(c, &pkts[j], 0, False)
-            _process_packet(c, &pkts[j], &c.keys[0], &out[j])
-        return
     for j in range(PF_SLOT_AHEAD if n > PF_SLOT_AHEAD else n):
-        _stage_key(c, &pkts[j], j & KEY_RING_MASK, True)
+        _stage_key(c, &pkts[j], j & KEY_RING_MASK)
     for j in range(PF_ENTRY_AHEAD if n > PF_ENTRY_AHEAD else n):
         _stage_entry(c, j & KEY_RING_MASK)
     for j in range(n):
         if j + PF_SLOT_AHEAD < n:
-            _stage_key(c, &pkts[j + PF_SLOT_AHEAD], (j + PF_SLOT_AHEAD) & KEY_RING_MASK, True)
+            _stage_key(c, &pkts[j + PF_SLOT_AHEAD], (j + PF_SLOT_AHEAD) & KEY_RING_MASK)
         if j + PF_ENTRY_AHEAD < n:
             _stage_entry(c, (j + PF_ENTRY_AHEAD) & KEY_RING_MASK)
         _process_packet(c, &pkts[j], &c.keys[j & KEY_RING_MASK], &out[j])
