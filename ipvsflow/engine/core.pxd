@@ -126,9 +126,9 @@ cdef enum:
 # and the entry of packet j + PF_ENTRY_AHEAD are prefetched; the hashed keys of the packets in
 # between wait in a ring.
 cdef enum:
-    PF_SLOT_AHEAD = 48
-    PF_ENTRY_AHEAD = 24
-    KEY_RING = 64               # power of two > PF_SLOT_AHEAD
+    PF_SLOT_AHEAD = 16
+    PF_ENTRY_AHEAD = 8
+    KEY_RING = 32               # power of two > PF_SLOT_AHEAD
     KEY_RING_MASK = KEY_RING - 1
 
 # The engine's C state: the shared engine_t plus what only the core needs.

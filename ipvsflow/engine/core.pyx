@@ -1227,6 +1227,8 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
     # for. Each packet is still processed in order with the real lookups (a packet may create
     # the entry the next one finds). Even a table of a few thousand entries gains from it
     # (the other core's work evicts it from L1/L2); one of a thousand loses nothing.
+    # _process_packet has this one call site: with a second one, the C compiler (core.c
+    # exhausts its inlining budget) leaves the fast path out of line.
     cdef uint32_t j
     for j in range(PF_SLOT_AHEAD if n > PF_SLOT_AHEAD else n):
         _stage_key(c, &pkts[j], j & KEY_RING_MASK)
