@@ -11,7 +11,15 @@ For each size N (IPVSFLOW_BENCH_SIZES, default "1e3,1e6,1e7"):
   connection, 1% of them SYNs of new connections; ns per packet and Mpps;
 * bytes per connection (entry slab + indexes + timers, over the live entries);
 * NAT at 1M (or the largest size below): the same with NAT entries (also in the out index), half
-  of the packets being the real servers' replies (found through the out index).
+  of the packets being the real servers' replies (found through the out index);
+* persistence (sizes up to 1M): a DR service with ``-p 300``, and one with ``-p 300 -M
+  255.255.255.0``, 4 connections per client address, so that new connections look templates up
+  or create them and every connection is controlled by one: ns per new connection, per hit,
+  bytes per connection with the templates' share, next to the plain TCP figures (ratios);
+* SCTP (sizes up to 1M, DR and NAT): associations set up (INIT, INIT_ACK and COOKIE_ACK from the
+  servers for NAT, COOKIE_ECHO), DATA hits with 1% INITs of new associations (NAT: half of them
+  from the servers), then SHUTDOWN, SHUTDOWN_ACK (NAT), SHUTDOWN_COMPLETE: ns per INIT (against
+  ns per SYN), per association set up, per DATA hit (against the TCP hit), per shutdown.
 
 The bursts are PacketBatch objects of 256 parsed descriptors whose addresses, ports, flags and
 timestamps are rewritten with numpy between the timed Engine.process calls, so the descriptors
@@ -41,7 +49,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")     # before numpy: no spinni
 import numpy as np  # noqa: E402
 import pytest
 
-from ipvsflow.config import Config, RealServer, VirtualService, FWD_DROUTE, FWD_MASQ
+from ipvsflow.config import Config, RealServer, VirtualService, FWD_DROUTE, FWD_MASQ, SVC_F_PERSISTENT
 from ipvsflow.engine import Engine
 from ipvsflow.io import PacketBatch
 
@@ -67,35 +75,37 @@ def _config(fwd):
 class Bursts:
     """BURSTS parsed batches of BURST packets, refilled in place with numpy."""
 
-    def __init__(self):
-        self.batches = [PacketBatch.from_packets([(T0, FRAME)] * BURST) for _ in range(BURSTS)]
+    def __init__(self, frame=FRAME, per_client=16, port=80):
+        self.batches = [PacketBatch.from_packets([(T0, frame)] * BURST) for _ in range(BURSTS)]
         self.views = [b.to_numpy() for b in self.batches]
+        self.per_client = per_client
+        self.port = port
 
-    @staticmethod
-    def fill(view, conn, flags, ts):
-        # connection i: client 10.x.y.z (i // 16), source port 1024 + i % 16
-        a = (10 << 24) + (conn // 16)
+    def fill(self, view, conn, flags, ts):
+        # connection i: client 10.x.y.z (i // per_client), source port 1024 + i % per_client
+        k = self.per_client
+        a = (10 << 24) + (conn // k)
         src = view["src"]
         src[:, 12] = (a >> 24) & 255
         src[:, 13] = (a >> 16) & 255
         src[:, 14] = (a >> 8) & 255
         src[:, 15] = a & 255
-        view["sport"] = 1024 + conn % 16
+        view["sport"] = 1024 + conn % k
         view["tcp_flags"] = flags
         view["ts_ns"] = ts
 
-    @staticmethod
-    def swap_replies(view, reply, rs_addr):
+    def swap_replies(self, view, reply, rs_addr):
         """Turn the rows where ``reply`` is set into the real server's reply to that client:
-        source rs_addr (uint32 per row):80, destination the client and its port."""
+        source rs_addr (uint32 per row):port, destination the client and its port; the other
+        rows go client -> VIP:port."""
         src, dst = view["src"], view["dst"]
         dst[:] = src
         dst[:, 12:16] = np.where(reply[:, None], src[:, 12:16], VIP_BYTES)
         for j in range(4):
             src[reply, 12 + j] = (rs_addr[reply] >> (24 - 8 * j)) & 255
         cport = view["sport"].copy()
-        view["sport"] = np.where(reply, 80, cport)
-        view["dport"] = np.where(reply, cport, 80)
+        view["sport"] = np.where(reply, self.port, cport)
+        view["dport"] = np.where(reply, cport, self.port)
 
 
 VIP_BYTES = np.array([192, 0, 2, 10], dtype=np.uint8)
@@ -122,10 +132,10 @@ def populate(eng, bursts, n, rs=None, first=0, t0=T0):
     return spent
 
 
-def hits(eng, bursts, n_live, n_hits, rng, new_from, reply_frac=0.0, rs_addr=None):
+def hits(eng, bursts, n_live, n_hits, rng, new_from, reply_frac=0.0, rs_addr=None, sctp=False):
     """n_hits packets: ACKs of random live connections, 1% SYNs of new ones; with reply_frac,
     that share of the ACKs are replies from the connection's real server (rs_addr: its address
-    per connection, uint32)."""
+    per connection, uint32). sctp: DATA chunks instead of ACKs, INITs instead of SYNs."""
     spent = 0.0
     done = 0
     ts = T0 + 60 * 10**9 // 2
@@ -140,6 +150,8 @@ def hits(eng, bursts, n_live, n_hits, rng, new_from, reply_frac=0.0, rs_addr=Non
             flags[new] = 0x02
             fresh += k
             bursts.fill(v, conn, flags, ts + np.arange(BURST) * 3)
+            if sctp:
+                v["sctp_chunk"] = np.where(new, CH_INIT, CH_DATA)
             if reply_frac:
                 bursts.swap_replies(v, (rng.random(BURST) < reply_frac) & ~new, rs_addr[conn % n_live])
             ts += BURST * 3
@@ -212,6 +224,173 @@ def test_nat_out_index_cost(benchmark):
     assert (dec["dir"] == 2).sum() > BURST // 4
     RESULTS[("nat", n)] = {"ns_hit": box["t"] / box["n"] * 1e9, "ns_new": t_new / n * 1e9,
                            "bpc": eng.memory()["bytes_per_conn"]}
+
+
+# ---- persistence-heavy: -p 300, and -p 300 -M 255.255.255.0 ----------------------------------
+
+PER_CLIENT = 4                      # connections per client address (ports 1024..1027)
+SIZES_1M = [n for n in SIZES if n <= 1_000_000]     # 10M is not run for these two workloads
+
+
+def _persist_config(prefix):
+    return Config(services=[VirtualService(
+        proto=6, addr="192.0.2.10", port=80, scheduler="rr", flags=SVC_F_PERSISTENT, timeout=300,
+        netmask=prefix, dests=[RealServer(f"10.99.0.{i}", 80, fwd=FWD_DROUTE) for i in range(1, 5)])])
+
+
+def _templates(eng):
+    return sum(d["persistconns"] for d in eng.dests())
+
+
+def _bytes_per_conn(eng, n_conns):
+    """Slab + indexes + timers over the connections alone: the templates' share included."""
+    m = eng.memory()
+    return (m["slab_bytes"] + m["index_bytes"]) / n_conns
+
+
+@pytest.mark.parametrize("prefix", [32, 24], ids=["p300", "p300-M24"])
+@pytest.mark.parametrize("n", SIZES_1M, ids=[_fmt_size(n) for n in SIZES_1M])
+def test_persistence_throughput(benchmark, n, prefix):
+    """A persistent DR service: PER_CLIENT connections per client address, so every new
+    connection looks its client's (or, with -M /24, its client network's) template up and the
+    first one of each client creates it; the connections are controlled by the templates.
+    ns per new connection (first fill, templates included; and warm), ns per hit (ACKs of
+    random live connections, 1% SYNs of new ones), bytes per connection with the templates'
+    share. The first ACK of a connection takes it to ESTABLISHED, which marks its template
+    ASSURED: one more entry touched on such a hit, as in the kernel (ip_vs_control_assure_ct)."""
+    bursts = Bursts(per_client=PER_CLIENT)
+    eng = Engine(_persist_config(prefix), max_conns=max(1 << 16, int(n * 1.5) + HITS // 25))
+    t_new = populate(eng, bursts, n)
+    # client c = conn // PER_CLIENT is 10.0.0.0 + c: one template per client (/32) or per /24
+    clients = (n - 1) // PER_CLIENT + 1
+    n_tpl = clients if prefix == 32 else ((clients - 1) >> 8) + 1
+    assert _templates(eng) == n_tpl and eng.conn_count == n + n_tpl
+    bpc = _bytes_per_conn(eng, n)
+    rng = np.random.default_rng(4)
+    box = {}
+
+    def run():
+        box["t"], box["n"] = hits(eng, bursts, n, HITS, rng, n)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    dec = eng.process(bursts.batches[-1])
+    assert set(np.unique(dec["action"])) <= {1, 2}, np.unique(dec["action"])
+    # every connection entry is controlled by a template: the entries beyond the templates
+    # are connections, each counted once
+    assert eng.conn_count - _templates(eng) == sum(d["activeconns"] + d["inactconns"] for d in eng.dests())
+    eng.check_invariants() if n <= 100000 else None
+    # warm, as for the plain run: everything expired (templates 300 s after their last
+    # controlled connection went), then the same clients again into the reused table
+    t1 = T0 + 2000 * 10**9
+    eng.advance(t1)
+    assert eng.conn_count == 0
+    t_warm = populate(eng, bursts, n, t0=t1)
+    assert _templates(eng) == n_tpl and eng.conn_count == n + n_tpl
+    RESULTS[("persist", prefix, n)] = {"ns_hit": box["t"] / box["n"] * 1e9, "ns_new": t_new / n * 1e9,
+                                       "ns_warm": t_warm / n * 1e9, "bpc": bpc, "templates": n_tpl}
+    benchmark.extra_info.update(packets=box["n"], ns_per_packet=round(box["t"] / box["n"] * 1e9, 1),
+                                ns_per_new_conn=round(t_new / n * 1e9, 1),
+                                ns_per_new_conn_warm=round(t_warm / n * 1e9, 1), templates=n_tpl,
+                                bytes_per_conn=round(bpc, 1))
+
+
+# ---- SCTP-heavy: associations through an SCTP service --------------------------------------
+
+SCTP_PORT = 3868
+# chunk types (RFC 9260)
+CH_DATA, CH_INIT, CH_INIT_ACK, CH_SHUTDOWN, CH_SHUTDOWN_ACK = 0, 1, 2, 7, 8
+CH_COOKIE_ECHO, CH_COOKIE_ACK, CH_SHUTDOWN_COMPLETE = 10, 11, 14
+SCTP_FRAME = bytes.fromhex("020000000002020000000001" "0800"
+                           "450000340001000040840000" "0a000001" "c000020a"
+                           "0400" "0f1c" "00000001" "00000000"          # ports, vtag, checksum
+                           "00030014" "00000001" "00000000" "00000000" "00000000")  # DATA chunk
+# the setup and teardown as the director sees them: (chunk, from the real server?); DR
+# directors never see the server's side
+SCTP_SETUP = {FWD_MASQ: [(CH_INIT, False), (CH_INIT_ACK, True), (CH_COOKIE_ECHO, False), (CH_COOKIE_ACK, True)],
+              FWD_DROUTE: [(CH_INIT, False), (CH_COOKIE_ECHO, False)]}
+SCTP_CLOSE = {FWD_MASQ: [(CH_SHUTDOWN, False), (CH_SHUTDOWN_ACK, True), (CH_SHUTDOWN_COMPLETE, False)],
+              FWD_DROUTE: [(CH_SHUTDOWN, False), (CH_SHUTDOWN_COMPLETE, False)]}
+
+
+def _sctp_config(fwd):
+    return Config(services=[VirtualService(
+        proto=132, addr="192.0.2.10", port=SCTP_PORT, scheduler="rr",
+        dests=[RealServer(f"10.99.0.{i}", SCTP_PORT, fwd=fwd) for i in range(1, 5)])])
+
+
+def sweep(eng, bursts, n, chunk, reply, t0, rs_addr=None, rs=None):
+    """One packet of each association 0 .. n-1 in order, first chunk ``chunk``, from the client
+    or (reply) from its real server (rs_addr per association); seconds spent in process().
+    rs: array receiving each association's real-server id."""
+    spent = 0.0
+    i = 0
+    mask = np.full(BURST, bool(reply))
+    none = np.zeros(BURST, dtype=np.int64)
+    while i < n:
+        for b, v in zip(bursts.batches, bursts.views):
+            if i >= n:
+                break
+            m = min(BURST, n - i)
+            idx = np.arange(i, i + BURST, dtype=np.int64)
+            bursts.fill(v, idx, 0, t0 + idx * 5)
+            v["sctp_chunk"] = chunk
+            bursts.swap_replies(v, mask, rs_addr[np.minimum(idx, n - 1)] if reply else none)
+            t = cpu()
+            dec = eng.process(b, 0, m)
+            spent += cpu() - t
+            if rs is not None:
+                rs[i:i + m] = dec["rs"]
+            i += m
+    return spent
+
+
+def _active(eng):
+    return sum(d["activeconns"] for d in eng.dests())
+
+
+@pytest.mark.parametrize("fwd", [FWD_DROUTE, FWD_MASQ], ids=["DR", "NAT"])
+@pytest.mark.parametrize("n", SIZES_1M, ids=[_fmt_size(n) for n in SIZES_1M])
+def test_sctp_throughput(benchmark, n, fwd):
+    """n SCTP associations set up (NAT: INIT, INIT_ACK, COOKIE_ECHO, COOKIE_ACK; DR: INIT,
+    COOKIE_ECHO, the director seeing the client only), then DATA hits on random live
+    associations with 1% INITs of new ones (NAT: half of the DATA from the real servers,
+    through the out index), then every association shut down (SHUTDOWN, SHUTDOWN_ACK (NAT),
+    SHUTDOWN_COMPLETE). ns per INIT, per association set up, per DATA hit and per shutdown."""
+    bursts = Bursts(frame=SCTP_FRAME, per_client=16, port=SCTP_PORT)
+    eng = Engine(_sctp_config(fwd), max_conns=max(1 << 16, int(n * 1.2) + HITS // 50))
+    rs = np.empty(n, dtype=np.int32)
+    dest_addr = np.array([int.from_bytes(bytes(map(int, d["addr"].split("."))), "big")
+                          for d in eng.dests()], dtype=np.int64)
+    setup = []
+    for k, (chunk, reply) in enumerate(SCTP_SETUP[fwd]):
+        setup.append(sweep(eng, bursts, n, chunk, reply, T0 + k * 10**8,
+                           rs_addr=dest_addr[rs] if reply else None, rs=rs if k == 0 else None))
+    assert eng.conn_count == n
+    # only ESTABLISHED counts as active (reference 4.1): every association got there
+    assert _active(eng) == n
+    rng = np.random.default_rng(5)
+    rs_addr = dest_addr[rs]
+    box = {}
+
+    def run():
+        box["t"], box["n"] = hits(eng, bursts, n, HITS, rng, n, reply_frac=0.5 if fwd == FWD_MASQ else 0.0,
+                                  rs_addr=rs_addr, sctp=True)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    bpc = eng.memory()["bytes_per_conn"]
+    dec = eng.process(bursts.batches[-1])
+    assert set(np.unique(dec["action"])) <= {1, 2}, np.unique(dec["action"])
+    t_close = sum(sweep(eng, bursts, n, chunk, reply, T0 + 31 * 10**9 + k * 10**8,
+                        rs_addr=rs_addr if reply else None)
+                  for k, (chunk, reply) in enumerate(SCTP_CLOSE[fwd]))
+    assert _active(eng) == 0            # every association left ESTABLISHED (CLOSED)
+    eng.check_invariants() if n <= 100000 else None
+    r = {"ns_init": setup[0] / n * 1e9, "ns_assoc": sum(setup) / n * 1e9, "setup_pkts": len(setup),
+         "ns_hit": box["t"] / box["n"] * 1e9, "ns_close": t_close / n * 1e9, "bpc": bpc}
+    RESULTS[("sctp", fwd, n)] = r
+    benchmark.extra_info.update(packets=box["n"], ns_per_data=round(r["ns_hit"], 1),
+                                ns_per_init=round(r["ns_init"], 1), ns_per_assoc=round(r["ns_assoc"], 1),
+                                ns_per_shutdown=round(r["ns_close"], 1), bytes_per_conn=round(bpc, 1))
 
 
 # ---- baselines ------------------------------------------------------------------------------
@@ -313,4 +492,46 @@ def test_summary(bench_summary):
         if isinstance(key, tuple) and key[0] == "nat":
             lines.append(f"NAT (out index too) at {_fmt_size(key[1])}: {r['ns_hit']:.1f} ns/pkt, "
                          f"{r['ns_new']:.1f} ns/new conn, {r['bpc']:.1f} B/conn")
+    lines += _persist_lines() + _sctp_lines()
     bench_summary("engine: Engine.process on pre-parsed bursts", lines)
+
+
+def _ratio(a, b, w=5):
+    return f"{a / b:{w}.2f}" if a and b else " " * (w - 1) + "-"
+
+
+def _persist_lines():
+    """Persistent service next to the plain TCP (DR, not persistent) figures of the same run."""
+    keys = sorted((k for k in RESULTS if isinstance(k, tuple) and k[0] == "persist"), key=lambda k: (-k[1], k[2]))
+    if not keys:
+        return []
+    out = ["", f"persistence (DR, rr, {PER_CLIENT} connections per client; x tcp = / plain TCP DR of this run)",
+           f"{'service':>10}  {'live conns':>10}  {'templates':>9}  {'ns/pkt':>8}  {'x tcp':>5}  "
+           f"{'ns/new':>8}  {'x tcp':>5}  {'warm':>6}  {'x tcp':>5}  {'B/conn':>7}  {'x tcp':>5}"]
+    for key in keys:
+        r, tcp = RESULTS[key], RESULTS.get(key[2], {})
+        out.append(f"{'-p 300' if key[1] == 32 else '-M /24':>10}  {_fmt_size(key[2]):>10}  {r['templates']:9d}  "
+                   f"{r['ns_hit']:8.1f}  {_ratio(r['ns_hit'], tcp.get('ns_hit'))}  "
+                   f"{r['ns_new']:8.1f}  {_ratio(r['ns_new'], tcp.get('ns_new'))}  "
+                   f"{r['ns_warm']:6.1f}  {_ratio(r['ns_warm'], tcp.get('ns_warm'))}  "
+                   f"{r['bpc']:7.1f}  {_ratio(r['bpc'], tcp.get('bpc'))}")
+    return out
+
+
+def _sctp_lines():
+    """SCTP associations next to TCP connections of the same run: DR against the plain TCP DR
+    run, NAT against the TCP NAT run (one size). ns/INIT compares with ns per SYN."""
+    keys = sorted((k for k in RESULTS if isinstance(k, tuple) and k[0] == "sctp"), key=lambda k: (k[1], k[2]))
+    if not keys:
+        return []
+    out = ["", "SCTP (rr over 4 servers; NAT: half of the DATA from the servers; x tcp = / TCP of this run, same fwd)",
+           f"{'fwd':>4}  {'live':>6}  {'ns/DATA':>8}  {'x tcp':>5}  {'ns/INIT':>8}  {'x tcp':>5}  "
+           f"{'ns/assoc':>8}  {'pkts':>4}  {'ns/close':>8}  {'B/conn':>7}"]
+    for key in keys:
+        r = RESULTS[key]
+        tcp = RESULTS.get(("nat", key[2]) if key[1] == FWD_MASQ else key[2], {})
+        out.append(f"{'NAT' if key[1] == FWD_MASQ else 'DR':>4}  {_fmt_size(key[2]):>6}  "
+                   f"{r['ns_hit']:8.1f}  {_ratio(r['ns_hit'], tcp.get('ns_hit'))}  "
+                   f"{r['ns_init']:8.1f}  {_ratio(r['ns_init'], tcp.get('ns_new'))}  "
+                   f"{r['ns_assoc']:8.1f}  {r['setup_pkts']:4d}  {r['ns_close']:8.1f}  {r['bpc']:7.1f}")
+    return out
