@@ -1,4 +1,5 @@
-"""Connection table: indexes, incremental growth, newest-wins keys, timers.
+"""Connection table: indexes, incremental growth, newest-wins keys (out index: hidden, not
+lost, entries behind a newer one with the same reply tuple), timers.
 
 The reference for every check is a plain-Python model (dicts and a sort), never the table's
 own output.
@@ -79,7 +80,7 @@ class TableMachine(RuleBasedStateMachine):
         self.last_pop = None
         self.ents = {}            # id -> dict(key, okey, serial, deadline)
         self.in_ix = {}           # in-key -> id
-        self.out_ix = {}          # out-key -> id
+        self.out_ix = {}          # out-key -> ids in hashing order (the kernel's chain, reversed)
         self.serial = 0
 
     @staticmethod
@@ -118,9 +119,7 @@ class TableMachine(RuleBasedStateMachine):
                 self.t.insert_out(id_)
             return
         self.t.insert_out(id_)
-        if e["okey"] in self.out_ix:
-            self.ents[self.out_ix[e["okey"]]]["out_h"] = False
-        self.out_ix[e["okey"]] = id_
+        self.out_ix.setdefault(e["okey"], []).append(id_)
         e["out_h"] = True
 
     def model_unhash(self, id_):
@@ -129,7 +128,10 @@ class TableMachine(RuleBasedStateMachine):
             del self.in_ix[e["key"]]
             e["in_h"] = False
         if e["out_h"]:
-            del self.out_ix[e["okey"]]
+            chain = self.out_ix[e["okey"]]
+            chain.remove(id_)
+            if not chain:
+                del self.out_ix[e["okey"]]
             e["out_h"] = False
 
     @precondition(lambda self: self.ents)
@@ -180,7 +182,7 @@ class TableMachine(RuleBasedStateMachine):
     def lookup_out(self, k, dest, dport):
         proto, af, caddr, cport, _, _, _ = self.in_key(k)
         okey = (proto, af, DESTS[dest], dport, caddr, cport)
-        assert self.t.lookup_out(*okey) == self.out_ix.get(okey, -1)
+        assert self.t.lookup_out(*okey) == self.out_ix.get(okey, [-1])[-1]
 
     @precondition(lambda self: self.ents)
     @rule(data=st.data(), delta=st.one_of(
@@ -234,6 +236,7 @@ class TableMachine(RuleBasedStateMachine):
         if not hasattr(self, "t"):
             return
         assert len(self.t) == len(self.ents)
+        assert self.t.stats()["out_hidden"] == sum(len(c) - 1 for c in self.out_ix.values())
         for i, e in self.ents.items():
             info = self.t.entry(i)
             assert info["in_hashed"] == e["in_h"] and info["out_hashed"] == e["out_h"]
@@ -436,6 +439,98 @@ def test_out_index_uses_dest_table():
     b = t.insert(TCP, 4, "192.168.5.6", 33000, VIP4, 80)     # no dest
     with pytest.raises(ValueError):
         t.insert_out(b)
+    t.check_invariants()
+
+
+def test_out_index_entries_sharing_a_reply_tuple_newest_first():
+    # client:33000 -> VIP:80, :443, :8443 all NATed to DESTS[0]:8080 (a fwmark service with a
+    # fixed server port): one reply tuple. The kernel's chain holds all three, newest hashed
+    # first; a reply finds the newest one left.
+    t = ConnTable(max_entries=100, seed=6)
+    t.set_dests(DESTS)
+    okey = (TCP, 4, DESTS[0], 8080, "192.168.7.7", 33000)
+    a, b, c = (t.insert(TCP, 4, "192.168.7.7", 33000, VIP4, vport, dest=0, dport=8080) for vport in (80, 443, 8443))
+    other = t.insert(TCP, 4, "192.168.7.7", 33001, VIP4, 80, dest=0, dport=8080)
+    for i in (a, b, c, other):
+        t.insert_out(i)
+    assert t.lookup_out(*okey) == c
+    assert t.lookup_out(TCP, 4, DESTS[0], 8080, "192.168.7.7", 33001) == other
+    assert all(t.entry(i)["out_hashed"] for i in (a, b, c))      # hidden, still hashed
+    assert t.stats()["out_hidden"] == 2 and t.stats()["out_count"] == 2
+    with pytest.raises(ValueError):
+        t.insert_out(a)                                           # already hashed
+    t.check_invariants()
+    t.remove(b)                                                   # a hidden one goes: no change
+    assert t.lookup_out(*okey) == c and t.stats()["out_hidden"] == 1
+    t.check_invariants()
+    t.remove(c)                                                   # the newest goes: a is found
+    assert t.lookup_out(*okey) == a and t.stats()["out_hidden"] == 0
+    t.check_invariants()
+    # re-hashing orders by hashing time, as hlist_add_head does: d, then a again on top of it
+    d = t.insert(TCP, 4, "192.168.7.7", 33000, VIP4, 9000, dest=0, dport=8080)
+    t.insert_out(d)
+    assert t.lookup_out(*okey) == d
+    t.unhash(a)
+    assert t.lookup_out(*okey) == d and not t.entry(a)["out_hashed"]
+    t.insert_out(a)
+    e = t.insert(TCP, 4, "192.168.7.7", 33000, VIP4, 9001, dest=0, dport=8080)
+    t.insert_out(e)
+    assert [t.lookup_out(*okey)] == [e]
+    t.unhash(e)
+    assert t.lookup_out(*okey) == a                               # hashed after d
+    t.unhash(a)
+    assert t.lookup_out(*okey) == d
+    t.remove(d)
+    assert t.lookup_out(*okey) == -1
+    assert t.lookup_out(TCP, 4, DESTS[0], 8080, "192.168.7.7", 33001) == other
+    assert t.stats()["out_lost"] == 0
+    t.check_invariants()
+
+
+def test_hidden_out_entries_survive_index_growth_and_migration():
+    # groups of NAT entries sharing a reply tuple, inserted while the out index grows from 16
+    # slots through several incremental migrations; holders and hidden entries are removed,
+    # many of them while a migration is in flight. The reference is a dict of per-key chains.
+    rnd = random.Random(21)
+    t = ConnTable(max_entries=20000, initial_slots=16, seed=13)
+    t.set_dests(DESTS)
+    chains = {}                   # out key -> ids in hashing order
+    removed_while_migrating = 0
+    for step in range(6000):
+        migrating = t.stats()["out_migrating"]
+        if not chains or rnd.random() < (0.2 if migrating else 0.7):
+            client = v4(rnd.randrange(4000))
+            okey = (TCP, 4, DESTS[0], 8080, client, 33000)
+            # a virtual port of its own: the in keys all differ, the out key is the client's
+            i = t.insert(TCP, 4, client, 33000, VIP4, 1 + step, dest=0, dport=8080)
+            t.insert_out(i)
+            chains.setdefault(okey, []).append(i)
+        else:
+            okey = rnd.choice(list(chains))
+            chain = chains[okey]
+            i = chain[-1] if rnd.random() < 0.6 else rnd.choice(chain)
+            removed_while_migrating += migrating
+            t.remove(i)
+            chain.remove(i)
+            if not chain:
+                del chains[okey]
+        if step % 50 == 0 or migrating:
+            for okey, chain in chains.items():
+                assert t.lookup_out(*okey) == chain[-1]
+        if step % 200 == 0 or (migrating and step % 7 == 0):
+            t.check_invariants()
+            assert t.stats()["out_hidden"] == sum(len(c) - 1 for c in chains.values())
+    st_ = t.stats()
+    assert st_["out_growths"] >= 5 and removed_while_migrating > 20 and st_["out_lost"] == 0
+    assert st_["out_hidden"] == sum(len(c) - 1 for c in chains.values()) > 50
+    # everything goes, newest first: each removal uncovers the one hashed before it; the
+    # hidden-entry table goes with the last hidden entry
+    for okey, chain in list(chains.items()):
+        while chain:
+            t.remove(chain.pop())
+            assert t.lookup_out(*okey) == (chain[-1] if chain else -1)
+    assert t.stats()["out_hidden"] == 0 and len(t) == 0
+    assert t.memory()["out_index_bytes"] == t.stats()["out_slots"] * 8
     t.check_invariants()
 
 

@@ -12,10 +12,11 @@ import os
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from ipvsflow.config import FWD_DROUTE, FWD_MASQ, PROTO_TCP, PROTO_UDP, Config, RealServer, VirtualService
+from ipvsflow.config import (FWD_DROUTE, FWD_MASQ, PROTO_TCP, PROTO_UDP, SVC_F_SCHED2, Config, RealServer,
+                             VirtualService)
 from model import IPVSModel, Packet, build_frame, packets_from_rows
 from model.strategies import FORWARDED, VIP, VPORT, Scenario, scenarios
-from model.tables import TH_ACK, TH_FIN, TH_SYN
+from model.tables import TH_ACK, TH_FIN, TH_RST, TH_SYN
 
 from ipvsflow.engine import ACTIONS, DIRS, Engine, state_name  # noqa: E402
 from ipvsflow.io import PacketBatch  # noqa: E402
@@ -146,18 +147,14 @@ def test_icmp_errors_follow_their_connection_in_both():
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
           phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(scenarios(front_icmp=False, dh_schedule_icmp=False, shared_out_key=False))
+@given(scenarios())
 def test_engine_agrees_with_model(scenario):
     compare(scenario)
 
 
-FRONT_ICMP_GAP = pytest.mark.xfail(strict=True, reason="the engine treats a server's ICMP error seen in front "
-                                   "of the director unlike the replies of the same entry")
-
-
 @pytest.mark.parametrize("fwd, dr_replies, expect", [
-    pytest.param(FWD_MASQ, "ignore", ("hit", "out", "10.1.0.1:80"), marks=FRONT_ICMP_GAP, id="nat"),
-    pytest.param(FWD_DROUTE, "ignore", ("pass", "out", None), marks=FRONT_ICMP_GAP, id="dr-not-on-reply-path"),
+    pytest.param(FWD_MASQ, "ignore", ("hit", "out", "10.1.0.1:80"), id="nat"),
+    pytest.param(FWD_DROUTE, "ignore", ("pass", "out", None), id="dr-not-on-reply-path"),
     pytest.param(FWD_DROUTE, "inspect", ("hit", "out", "10.1.0.1:80"), id="dr-on-reply-path"),
 ])
 def test_server_icmp_error_in_front_of_the_director_is_a_reply(fwd, dr_replies, expect):
@@ -176,8 +173,6 @@ def test_server_icmp_error_in_front_of_the_director_is_a_reply(fwd, dr_replies, 
     assert (out[1]["action"], out[1]["dir"], out[1]["rs"]) == expect
 
 
-@pytest.mark.xfail(strict=True, reason="the engine's dh hashes the VIP when schedule_icmp schedules "
-                   "from an ICMP error; the kernel hashes the quoted packet's destination (the client)")
 def test_dh_schedule_icmp_hashes_the_quoted_destination():
     # ip_vs_in_icmp fills the embedded header with IP_VS_HDR_INVERSE but does not swap its
     # addresses (ip_vs_fill_iph_skb_icmp); ip_vs_dh_schedule reads iph->daddr, which is then the
@@ -193,8 +188,6 @@ def test_dh_schedule_icmp_hashes_the_quoted_destination():
     assert (out[0]["action"], out[0]["rs"]) == ("new", "10.1.0.1:80")
 
 
-@pytest.mark.xfail(strict=True, reason="the engine loses the older of two NAT entries with the same "
-                   "reply tuple from its out index when the newer one expires")
 def test_reply_finds_the_older_entry_after_the_newer_one_with_its_reply_tuple_expired():
     # fwmark service, NAT server with a fixed port: client:40000 -> VIP:80 and -> VIP:443 both
     # become client:40000 <-> 10.1.0.1:8080. ip_vs_conn_out_get walks the hash chain, so once the
@@ -208,3 +201,62 @@ def test_reply_finds_the_older_entry_after_the_newer_one_with_its_reply_tuple_ex
                Packet(ts_ns=80 * s, src="10.1.0.1", sport=8080, dst="10.0.0.1", dport=40000, tcp_flags=TH_ACK)]
     out = compare(Scenario(Config(services=[vs]), packets))
     assert (out[3]["action"], out[3]["dir"], out[3]["conn"]) == ("hit", "out", out[0]["conn"])
+
+
+def test_replies_sharing_a_reply_tuple_find_the_newest_entry_left():
+    # Three NAT entries with the reply tuple client:40000 <-> 10.1.0.1:8080 (fwmark service,
+    # fixed server port), created in the order :80, :443, :8443. ip_vs_conn_hash adds each at
+    # the head of its chain, so ip_vs_conn_out_get (replies and ip_vs_out_icmp alike) finds
+    # the newest one still hashed: :8443 while it lives, then :443 once the client's RST
+    # (CLOSE, 10 s) has expired it, then :80.
+    vs = VirtualService(proto=0, fwmark=1, scheduler="rr", dests=[RealServer("10.1.0.1", 8080, fwd=FWD_MASQ)])
+    s = 1_000_000_000
+    client = dict(src="10.0.0.1", sport=40000, dst=VIP, fwmark=1)
+    reply = dict(src="10.1.0.1", sport=8080, dst="10.0.0.1", dport=40000, tcp_flags=TH_ACK)
+    icmp = dict(proto=1, src="10.1.0.1", dst="10.0.0.1", icmp_type=3, icmp_code=4, ic_proto=PROTO_TCP,
+                ic_src="10.0.0.1", ic_sport=40000, ic_dst="10.1.0.1", ic_dport=8080)
+    packets = [Packet(ts_ns=1 * s, dport=80, tcp_flags=TH_SYN, **client),
+               Packet(ts_ns=2 * s, dport=443, tcp_flags=TH_SYN, **client),
+               Packet(ts_ns=3 * s, dport=8443, tcp_flags=TH_SYN, **client),
+               Packet(ts_ns=4 * s, **reply),                                       # 3: :8443
+               Packet(ts_ns=5 * s, **icmp),                                        # 4: :8443
+               Packet(ts_ns=30 * s, dport=80, tcp_flags=TH_ACK, **client),
+               Packet(ts_ns=31 * s, dport=443, tcp_flags=TH_ACK, **client),
+               Packet(ts_ns=40 * s, dport=8443, tcp_flags=TH_RST, **client),
+               Packet(ts_ns=45 * s, **reply),                                      # 8: :8443 (CLOSE)
+               Packet(ts_ns=60 * s, **reply),                                      # 9: :443
+               Packet(ts_ns=61 * s, **icmp),                                       # 10: :443
+               Packet(ts_ns=70 * s, dport=443, tcp_flags=TH_RST, **client),
+               Packet(ts_ns=90 * s, **reply),                                      # 12: :80
+               Packet(ts_ns=91 * s, **icmp)]                                       # 13: :80
+    out = compare(Scenario(Config(services=[vs]), packets))
+    conn80, conn443, conn8443 = (out[i]["conn"] for i in range(3))
+    assert len({conn80, conn443, conn8443}) == 3
+    got = [(out[i]["action"], out[i]["dir"], out[i]["conn"]) for i in (3, 4, 8, 9, 10, 12, 13)]
+    assert got == [("hit", "out", conn8443)] * 3 + [("hit", "out", conn443)] * 2 + [("hit", "out", conn80)] * 2
+
+
+@pytest.mark.parametrize("sched, cport, expect", [
+    # sh, sh-port: hash_32(40001 + 0x0a000002, 8) = 143; buckets cycle over the list
+    # [.3, .2, .1] (weight 1 each), 143 % 3 = 2 -> 10.1.0.1. What it would be from the other
+    # fields: (client, 80) -> 24 -> .3; (VIP, 80) -> 49 -> .2; (VIP, 40001) -> 168 -> .3.
+    pytest.param("sh", 40001, "10.1.0.1:80", id="sh"),
+    # mh, mh-port: the Maglev table (M = 4093, hsiphash; tests/model/schedulers.py) puts
+    # (client, 40000) on 10.1.0.2; (client, 80) and (VIP, 80) would give .3, (VIP, 40000) .1.
+    pytest.param("mh", 40000, "10.1.0.2:80", id="mh"),
+])
+def test_sh_mh_schedule_icmp_hash_the_client_and_its_port(sched, cport, expect):
+    # ip_vs_sh_schedule / ip_vs_mh_schedule: hash_addr = ip_vs_iph_inverse(iph) ? &iph->daddr :
+    # &iph->saddr, and the port is ports[1] with inverse: for the error's embedded reply (VIP:80
+    # -> client:cport) that is the client and its port, what the client's own SYN hashes.
+    def run(packet):
+        vs = VirtualService(proto=PROTO_TCP, addr=VIP, port=VPORT, scheduler=sched, flags=SVC_F_SCHED2,
+                            dests=[RealServer(f"10.1.0.{i}", 80, fwd=FWD_MASQ) for i in (1, 2, 3)])
+        cfg = Config(services=[vs])
+        cfg.sysctls["schedule_icmp"] = 1
+        return compare(Scenario(cfg, [packet]))[0]
+    err = run(Packet(ts_ns=1_000_000, proto=1, src="10.0.0.2", dst=VIP, icmp_type=3, icmp_code=3,
+                     ic_proto=PROTO_TCP, ic_src=VIP, ic_sport=VPORT, ic_dst="10.0.0.2", ic_dport=cport))
+    syn = run(Packet(ts_ns=1_000_000, src="10.0.0.2", sport=cport, dst=VIP, dport=VPORT, tcp_flags=TH_SYN))
+    assert (err["action"], err["rs"]) == ("new", expect)
+    assert (syn["action"], syn["rs"]) == ("new", expect)

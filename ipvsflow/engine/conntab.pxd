@@ -166,6 +166,11 @@ cdef enum:
     CT_TW_BUCKETS = 1536
     CT_TP_READY = 0xFFFFFFF0        # conn_entry.tprev of an entry held in the timers' ready heap
 
+ctypedef struct ct_shadow:         # an out-hashed entry whose key a newer entry holds in the index
+    uint64_t w                      # (id << 32) | signature, 0 = empty
+    uint64_t seq
+
+
 ctypedef struct ct_index:
     uint64_t *s                     # current array
     uint64_t mask
@@ -184,6 +189,13 @@ ctypedef struct ct_index:
     uint64_t growths
     int out                         # 1: out-direction index
     uint64_t relb                   # old-array bytes [0, relb) released (the sweep's wrapped part)
+    # Out index only: entries hidden behind a newer one with the same key (the kernel keeps
+    # both in its hash chain, newest first). Allocated with the first one; see conntab.pyx.
+    ct_shadow *sh
+    uint64_t sh_mask
+    uint64_t sh_n
+    uint64_t sh_seq                 # order of hiding: the last hidden is the newest of its key
+    uint64_t sh_fail                # entries dropped from the index instead (no memory)
 
 
 ctypedef struct tw_bucket:

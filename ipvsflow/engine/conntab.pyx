@@ -22,7 +22,17 @@ Layout
   the new array is only written where the sweep has been: memory grows smoothly instead of
   doubling at once. Lookups search both arrays.
 * Keys: "newest wins". Hashing an entry whose key equals a hashed entry's key takes over
-  that slot; the displaced entry loses its ``XF_*_HASHED`` flag but stays allocated.
+  that slot. In the in index the displaced entry loses ``XF_IN_HASHED`` but stays allocated.
+  In the out index it stays hashed, hidden: two NAT entries can share a reply tuple (a
+  fwmark or port-0 service with a fixed server port: client:p -> VIP:80 and -> VIP:443 both
+  become client:p <-> RS:8080), and the kernel keeps both in its hash chain, newest first
+  (ip_vs_conn_hash adds at the head), so a reply finds the older one again once the newer
+  is gone. The index holds the newest id of a key; the hidden ones go to a small side table
+  (``ct_index.sh``: linear probing on the signature, several per key, each with the order
+  it was hidden in). Unhashing the id the index holds puts back the hidden entry of that
+  key hidden last, which is the most recently hashed one left: the kernel's next in chain.
+  Nothing of this runs while no entry is hidden (one counter test per out unhash); the
+  lookups never see the side table.
 * Timers: a six-level hierarchical wheel (levels of 256 buckets, tick = 2**20 ns, level of
   an entry = highest byte where its tick differs from the wheel cursor) with intrusive FIFO
   lists through ``tnext``/``tprev``, plus a binary heap ("ready set") holding the entries
@@ -336,6 +346,112 @@ cdef inline void unflag(conntab *t, ct_index *ix, uint32_t id) noexcept nogil:
     t.entries[id].xflags &= ~(XF_OUT_HASHED if ix.out else XF_IN_HASHED)
 
 
+# ---- out index: entries hidden behind a newer one with the same key ------------------------
+cdef enum:
+    SH_MIN = 16
+
+
+cdef inline void sh_place(ct_shadow *a, uint64_t mask, uint64_t w, uint64_t seq) noexcept nogil:
+    cdef uint64_t i = (<uint32_t>w) & mask
+    while a[i].w != 0:
+        i = (i + 1) & mask
+    a[i].w = w
+    a[i].seq = seq
+
+
+cdef int sh_resize(ct_index *ix, uint64_t nslots) noexcept nogil:
+    cdef ct_shadow *a = <ct_shadow *>calloc(nslots, sizeof(ct_shadow))
+    cdef uint64_t i
+    if a == NULL:
+        return -1
+    if ix.sh != NULL:
+        for i in range(ix.sh_mask + 1):
+            if ix.sh[i].w != 0:
+                sh_place(a, nslots - 1, ix.sh[i].w, ix.sh[i].seq)
+        free(ix.sh)
+    ix.sh = a
+    ix.sh_mask = nslots - 1
+    return 0
+
+
+# Hide word w (id << 32 | signature of its key) as the newest hidden entry of its key.
+cdef int sh_push(ct_index *ix, uint64_t w) noexcept nogil:
+    cdef uint64_t size = ix.sh_mask + 1 if ix.sh != NULL else 0
+    if (ix.sh_n + 1) * 2 > size:
+        if sh_resize(ix, size * 2 if size else SH_MIN) != 0:
+            return -1
+    ix.sh_seq += 1
+    sh_place(ix.sh, ix.sh_mask, w, ix.sh_seq)
+    ix.sh_n += 1
+    return 0
+
+
+cdef void sh_delete_at(ct_index *ix, uint64_t i) noexcept nogil:
+    # backward-shift deletion, as delete_cur_at
+    cdef uint64_t mask = ix.sh_mask, j = i, home
+    cdef ct_shadow *a = ix.sh
+    while True:
+        j = (j + 1) & mask
+        if a[j].w == 0:
+            break
+        home = (<uint32_t>a[j].w) & mask
+        if ((j - home) & mask) >= ((j - i) & mask):
+            a[i] = a[j]
+            i = j
+    a[i].w = 0
+    a[i].seq = 0
+    ix.sh_n -= 1
+    if ix.sh_n == 0:
+        free(ix.sh)
+        ix.sh = NULL
+        ix.sh_mask = 0
+
+
+# Remove hidden word w. True if it was there.
+cdef bint sh_remove(ct_index *ix, uint64_t w) noexcept nogil:
+    cdef uint64_t i
+    if ix.sh == NULL:
+        return False
+    i = (<uint32_t>w) & ix.sh_mask
+    while ix.sh[i].w != 0:
+        if ix.sh[i].w == w:
+            sh_delete_at(ix, i)
+            return True
+        i = (i + 1) & ix.sh_mask
+    return False
+
+
+# Take out the entry of key k hidden last; CONN_NONE if none.
+cdef uint32_t sh_pop_newest(conntab *t, ct_index *ix, const conn_key *k) noexcept nogil:
+    cdef uint64_t i, best = 0, best_seq = 0
+    cdef bint found = False
+    cdef uint32_t id
+    if ix.sh == NULL:
+        return CONN_NONE
+    i = k.hash & ix.sh_mask
+    while ix.sh[i].w != 0:
+        if <uint32_t>ix.sh[i].w == k.hash and _ct_out_eq(t, <uint32_t>(ix.sh[i].w >> 32), k) \
+                and (not found or ix.sh[i].seq > best_seq):
+            found = True
+            best = i
+            best_seq = ix.sh[i].seq
+        i = (i + 1) & ix.sh_mask
+    if not found:
+        return CONN_NONE
+    id = <uint32_t>(ix.sh[best].w >> 32)
+    sh_delete_at(ix, best)
+    return id
+
+
+# The entry in slot word `old` gives its slot to a newer entry with the same key.
+cdef inline void displace(conntab *t, ct_index *ix, uint64_t old) noexcept nogil:
+    if ix.out:
+        if sh_push(ix, old) == 0:
+            return
+        ix.sh_fail += 1
+    unflag(t, ix, <uint32_t>(old >> 32))
+
+
 # Insert id under key k (k.hash filled). 0: inserted, -1: no room.
 cdef int idx_insert(conntab *t, ct_index *ix, uint32_t id, const conn_key *k) noexcept nogil:
     cdef uint64_t w = ((<uint64_t>id) << 32) | k.hash
@@ -348,13 +464,13 @@ cdef int idx_insert(conntab *t, ct_index *ix, uint32_t id, const conn_key *k) no
     if not unswept or ix.nfall:
         p = _ct_probe_cur(t, ix, k)
         if p >= 0:
-            unflag(t, ix, <uint32_t>(ix.s[p] >> 32))
+            displace(t, ix, ix.s[p])
             ix.s[p] = w
             return 0
     if ix.os != NULL:
         p = _ct_probe_old(t, ix, k)
         if p >= 0:
-            unflag(t, ix, <uint32_t>(ix.os[p] >> 32))
+            displace(t, ix, ix.os[p])
             ix.os[p] = w
             return 0
     elif over_grow_threshold(ix.n + 1, ix.mask + 1):
@@ -441,6 +557,11 @@ cdef bint idx_remove_scan(ct_index *ix, uint32_t id) noexcept nogil:
                 ix.on -= 1
                 ix.ot += 1
                 return True
+    if ix.sh != NULL:
+        for i in range(ix.sh_mask + 1):
+            if ix.sh[i].w != 0 and <uint32_t>(ix.sh[i].w >> 32) == id:
+                sh_delete_at(ix, i)
+                return True
     return False
 
 
@@ -462,6 +583,7 @@ cdef void idx_free(ct_index *ix) noexcept nogil:
         return
     arr_free(ix.s, ix.mask + 1)
     arr_free(ix.os, ix.omask + 1)
+    free(ix.sh)
     free(ix)
 
 
@@ -471,14 +593,15 @@ cdef uint64_t idx_bytes(ct_index *ix) noexcept nogil:
     # where the sweep has been, [E, E + c) and [S + E, S + E + c), plus a probe spill of one
     # page; huge pages for big arrays).
     cdef uint64_t ps = ct_page_size(), part
+    cdef uint64_t sh = (ix.sh_mask + 1) * sizeof(ct_shadow) if ix.sh != NULL else 0
     if ix.os == NULL:
-        return round_up((ix.mask + 1) * 8, ps)
+        return round_up((ix.mask + 1) * 8, ps) + sh
     if (ix.mask + 1) * 8 >= HUGE_INDEX:
         ps = HUGE_PAGE              # the new array is committed in huge pages
     part = round_up(ix.cursor * 8, ps) + ps
     if 2 * part > (ix.mask + 1) * 8:
         part = (ix.mask + 1) * 4
-    return round_up((ix.omask + 1) * 8, ps) - ix.oreleased + 2 * part
+    return round_up((ix.omask + 1) * 8, ps) - ix.oreleased + 2 * part + sh
 
 
 # ---- table lifecycle and entries ----------------------------------------------------------
@@ -636,10 +759,24 @@ cdef void ct_unhash(conntab *t, uint32_t id) noexcept nogil:
         e.xflags &= ~XF_IN_HASHED
     if e.xflags & XF_OUT_HASHED:
         ix = <ct_index *>t.out_idx
-        if not key_out_of(t, id, &k) or not idx_remove(ix, id, k.hash):
+        e.xflags &= ~XF_OUT_HASHED
+        if not key_out_of(t, id, &k):
             ix.lost += 1
             idx_remove_scan(ix, id)
-        e.xflags &= ~XF_OUT_HASHED
+        elif idx_remove(ix, id, k.hash):
+            if ix.sh_n != 0:
+                unhide_newest(t, ix, &k)
+        elif not (ix.sh_n != 0 and sh_remove(ix, ((<uint64_t>id) << 32) | k.hash)):
+            ix.lost += 1
+            idx_remove_scan(ix, id)
+
+
+cdef void unhide_newest(conntab *t, ct_index *ix, const conn_key *k) noexcept nogil:
+    # the index no longer holds key k: the entry of k hidden last takes it (the kernel's
+    # next entry in chain order)
+    cdef uint32_t id = sh_pop_newest(t, ix, k)
+    if id != CONN_NONE and idx_insert(t, ix, id, k) != 0:
+        unflag(t, ix, id)           # no room (growth impossible): it can no longer be found
 
 
 cdef uint32_t ct_lookup_in(conntab *t, const conn_key *k) noexcept nogil:
@@ -1102,6 +1239,34 @@ cdef _check_index(conntab *t, ct_index *ix, uint64_t n_flagged, uint8_t flag):
     assert ix.lost == 0, f"{name}: {ix.lost} entries were unhashed by a full scan (key changed while hashed)"
 
 
+cdef _check_hidden(conntab *t, ct_index *ix):
+    # the out index's hidden entries: live, out-hashed, filed under their key's signature, and
+    # behind another entry that the index holds under the same key. Returns their ids.
+    cdef uint64_t i, n = 0
+    cdef uint32_t id, holder
+    cdef conn_key k
+    hidden = set()
+    if ix.sh == NULL:
+        assert ix.sh_n == 0, f"out: {ix.sh_n} hidden entries counted without a table"
+        return hidden
+    for i in range(ix.sh_mask + 1):
+        if ix.sh[i].w == 0:
+            continue
+        n += 1
+        id = <uint32_t>(ix.sh[i].w >> 32)
+        assert id < t.hwm and (t.entries[id].xflags & XF_USED) and (t.entries[id].xflags & XF_OUT_HASHED), \
+            f"out: hidden slot {i} -> {id} is not a live out-hashed entry"
+        assert id not in hidden, f"out: entry {id} hidden twice"
+        hidden.add(id)
+        assert key_out_of(t, id, &k) and <uint32_t>ix.sh[i].w == k.hash, \
+            f"out: hidden slot {i} signature differs from its entry's key"
+        holder = _ct_idx_lookup(t, ix, &k)
+        assert holder != CONN_NONE and holder != id, f"out: hidden entry {id} is behind nothing"
+    assert n == ix.sh_n, f"out: {n} hidden entries, count says {ix.sh_n}"
+    assert n * 2 <= ix.sh_mask + 1, "out: hidden-entry table load > 0.5"
+    return hidden
+
+
 cdef class ConnTable:
     """A connection table for Python callers (tests, benchmarks, listings).
 
@@ -1284,6 +1449,7 @@ cdef class ConnTable:
             out_slots=b.mask + 1, out_count=b.n + b.on, out_migrating=b.os != NULL,
             out_old_slots=(b.omask + 1) if b.os != NULL else 0, out_cursor=b.cursor,
             out_growths=b.growths, out_grow_fail=b.grow_fail, out_lost=b.lost,
+            out_hidden=b.sh_n, out_hide_fail=b.sh_fail,
             timers_armed=w.armed, heap_len=w.hn, heap_hwm=w.hhwm, wheel_cursor=w.cur,
             timer_steps=w.cascaded, timer_refiled=w.refiled,
         )
@@ -1327,6 +1493,7 @@ cdef class ConnTable:
         cdef conn_key k
         cdef uint64_t i, live = 0, n_in = 0, n_out = 0, armed = 0, nfree = 0, tk, ws
         cdef int lvl
+        hidden = _check_hidden(t, <ct_index *>t.out_idx)
         for id in range(t.hwm):
             e = &t.entries[id]
             if e.xflags & XF_USED:
@@ -1338,7 +1505,7 @@ cdef class ConnTable:
                 if e.xflags & XF_OUT_HASHED:
                     n_out += 1
                     assert key_out_of(t, id, &k), f"out-hashed entry {id} has no dest address"
-                    assert ct_lookup_out(t, &k) == id, f"out-hashed entry {id} not findable"
+                    assert ct_lookup_out(t, &k) == id or id in hidden, f"out-hashed entry {id} not findable"
                 if e.xflags & XF_TIMER:
                     armed += 1
                     assert e.tprev != CONN_NONE, f"armed entry {id} is not filed"
@@ -1355,7 +1522,7 @@ cdef class ConnTable:
             id = t.entries[id].tnext
         assert nfree + live == t.hwm, f"free {nfree} + live {live} != hwm {t.hwm}"
         _check_index(t, <ct_index *>t.in_idx, n_in, XF_IN_HASHED)
-        _check_index(t, <ct_index *>t.out_idx, n_out, XF_OUT_HASHED)
+        _check_index(t, <ct_index *>t.out_idx, n_out - len(hidden), XF_OUT_HASHED)
         # timers: every armed entry is in exactly one bucket list or held by the heap
         assert w.armed == armed, f"armed count {w.armed} != {armed}"
         seen = 0

@@ -931,9 +931,11 @@ cdef void _icmp(core_t *c, const pkt_desc *p, decision_t *d) noexcept nogil:
     # An ICMP error (DEST_UNREACH, SOURCE_QUENCH, TIME_EXCEEDED; ICMPv6 errors) is mapped to the
     # connection of the packet it embeds. ip_vs_out_icmp (out hook) first: an error from a real
     # server about a client packet (embedded client -> real server for NAT; client -> VIP for
-    # DR/TUN since v5.11); then ip_vs_in_icmp: an error from the client about a reply (embedded
-    # VIP -> client). The error is forwarded (NAT-ed) with the statistics of its direction; the
-    # connection's state and timer do not change.
+    # DR/TUN since v5.11, when the director is on the reply path); then ip_vs_in_icmp: an error
+    # from the client about a reply (embedded VIP -> client). The error is forwarded (NAT-ed)
+    # with the statistics of its direction; the connection's state and timer do not change.
+    # In front of the director a real server's error shows as VIP -> client about client ->
+    # VIP (a NAT director rewrote it so): it goes as that entry's replies go there.
     cdef engine_t *e = &c.e
     cdef conntab *t = e.ct
     cdef conn_key k
@@ -961,7 +963,7 @@ cdef void _icmp(core_t *c, const pkt_desc *p, decision_t *d) noexcept nogil:
     ct_key_hash(t, &k)
     # ip_vs_out_icmp
     id = ct_lookup_out(t, &k) if c.nat_hashed else CONN_NONE
-    if id == CONN_NONE and e.dr_reply_inspection:
+    if id == CONN_NONE and c.dr_inspect and e.dr_reply_inspection:
         id = _lookup_swapped_nonnat(c, &k)
     if id != CONN_NONE:
         cp = &t.entries[id]
@@ -974,6 +976,12 @@ cdef void _icmp(core_t *c, const pkt_desc *p, decision_t *d) noexcept nogil:
     # ip_vs_in_icmp
     d.dir = DIR_IN
     id = ct_lookup_in(t, &k) if k.pa else CONN_NONE
+    if id == CONN_NONE and (c.vip_filter_off or _filter_hit(c.vip_filter, p.src)):
+        id = _lookup_swapped(c, &k)
+        if id != CONN_NONE and memcmp(t.entries[id].vaddr, p.src, 16) == 0:
+            _icmp_front_reply(c, p, id, d)
+            return
+        id = CONN_NONE
     if id == CONN_NONE:
         if not e.schedule_icmp:
             d.action = ACT_PASS
@@ -1012,10 +1020,9 @@ cdef void _icmp(core_t *c, const pkt_desc *p, decision_t *d) noexcept nogil:
     d.state = STATE_NONE
 
 
-cdef uint32_t _lookup_swapped_nonnat(core_t *c, const conn_key *k) noexcept nogil:
-    # the non-NAT out rule for the embedded client -> VIP tuple: in-index key (b, pb, a, pa)
+cdef uint32_t _lookup_swapped(core_t *c, const conn_key *k) noexcept nogil:
+    # the entry of the embedded client -> VIP tuple: in-index key (b, pb, a, pa)
     cdef conn_key k2
-    cdef uint32_t id
     memset(&k2, 0, sizeof(conn_key))
     memcpy(k2.a, k.b, 16)
     memcpy(k2.b, k.a, 16)
@@ -1024,10 +1031,37 @@ cdef uint32_t _lookup_swapped_nonnat(core_t *c, const conn_key *k) noexcept nogi
     k2.proto = k.proto
     k2.af = k.af
     ct_key_hash(c.e.ct, &k2)
-    id = ct_lookup_in(c.e.ct, &k2)
+    return ct_lookup_in(c.e.ct, &k2)
+
+
+cdef uint32_t _lookup_swapped_nonnat(core_t *c, const conn_key *k) noexcept nogil:
+    # the non-NAT out rule for the embedded client -> VIP tuple
+    cdef uint32_t id = _lookup_swapped(c, k)
     if id != CONN_NONE and (c.e.ct.entries[id].flags & CF_FWD_MASK) == CF_MASQ:
         return CONN_NONE
     return id
+
+
+cdef void _icmp_front_reply(core_t *c, const pkt_desc *p, uint32_t id, decision_t *d) noexcept nogil:
+    # A real server's error about a client packet as captured in front of the director: VIP ->
+    # client, quoting client -> VIP. A NAT director sent it so (handle_response_icmp rewrote
+    # the outer source and the quoted packet): it is a reply of entry id, as its TCP/UDP/SCTP
+    # replies are there. A DR/TUN server's error reaches the director only where its replies
+    # do (dr_replies="inspect", v5.11+), and there ip_vs_out_icmp has matched it already;
+    # otherwise it is one of the replies the director never sees.
+    cdef engine_t *e = &c.e
+    cdef conn_entry *cp = &e.ct.entries[id]
+    d.dir = DIR_OUT
+    if (cp.flags & CF_FWD_MASK) == CF_MASQ:
+        _out_stats(e, cp, p)
+        d.action = ACT_HIT
+        _dec_entry(e, d, cp)
+        d.state = STATE_NONE
+        return
+    d.action = ACT_PASS
+    d.reason = R_DR_REPLY_IGNORED if c.dr_inspect else R_DR_REPLY_NOT_SEEN
+    d.old_state = cp.state
+    _dec_entry(e, d, cp)
 
 
 cdef inline void _dec_hit(decision_t *d, const pkt_desc *p, const conn_entry *cp, int32_t svc,
@@ -2049,7 +2083,12 @@ cdef class Engine:
                     k.af = cp.af
                     ct_key_hash(t, &k)
                     found = ct_lookup_out(t, &k)
-                    if found != id:
+                    # or a newer entry with the same reply tuple hides it (the kernel's
+                    # chain order: the newest first)
+                    if found != id and not (
+                            found != CONN_NONE and found < t.hwm and (t.entries[found].xflags & XF_USED)
+                            and (t.entries[found].xflags & XF_OUT_HASHED)
+                            and t.entries[found].serial > cp.serial):
                         problems.append(f"{tag}: out-index finds {found} for its key")
             elif ((cp.flags & CF_FWD_MASK) == CF_MASQ and cp.dest != CONN_NONE
                   and not (cp.flags & CF_TEMPLATE) and (cp.xflags & XF_IN_HASHED)):

@@ -1,8 +1,9 @@
 # Shared pieces of the per-scheduler modules (sched_*.pyx), as the kernel's struct
 # ip_vs_scheduler: every scheduler fills one sched_ops; services.pyx keeps the table indexed by
 # SCHED_* and calls the hooks on service/dest edits and `schedule` for new connections.
-from libc.stdint cimport int32_t, uint32_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t
 from ipvsflow.engine.defs cimport engine_t, service_t, dest_t, sched_fn
+from ipvsflow.io.batch cimport pkt_desc
 
 # Hooks return 0 on success, -1 on failure (allocation); NULL = no hook.
 ctypedef int (*sched_svc_hook)(engine_t *e, service_t *svc) noexcept nogil
@@ -51,3 +52,17 @@ cdef inline unsigned int sched_client_port(unsigned char proto, unsigned short s
     if proto == 6 or proto == 17 or proto == 132:
         return sport
     return 0
+
+
+# The kernel's iph->daddr as a scheduler reads it. With schedule_icmp the core schedules an ICMP
+# error from a descriptor of its embedded packet turned to the client's direction (src/sport =
+# the client, dst/dport = the VIP) whose ic_* fields still hold the embedded header as quoted
+# (VIP -> client); ordinary packets have ic_proto 0. ip_vs_in_icmp fills the kernel's iph from
+# that header with IP_VS_HDR_INVERSE and does not swap it (ip_vs_fill_iph_skb_icmp), so
+# iph->daddr is then the client (ic_dst). dh reads iph->daddr as it is. sh and mh read
+# "ip_vs_iph_inverse(iph) ? daddr : saddr" and the port the same way (ports[1] with inverse):
+# the client and its port both times, i.e. p.src and p.sport of either descriptor.
+cdef inline const uint8_t *sched_iph_daddr(const pkt_desc *p) noexcept nogil:
+    if p.ic_proto != 0:
+        return &p.ic_dst[0]
+    return &p.dst[0]

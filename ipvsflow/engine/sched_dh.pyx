@@ -2,14 +2,15 @@
 #
 # A 256-bucket table maps hash_32(ntohl(addr_fold), 8) of the packet's DESTINATION address to a
 # real server: for an ordinary service that is the VIP, so all its traffic goes to one server (dh
-# is meant for fwmark services in front of caches). Fill: one bucket per dest, cycling through the
+# is meant for fwmark services in front of caches); for an ICMP error scheduled with
+# schedule_icmp it is the client (the quoted packet's destination: sched_iph_daddr). Fill: one bucket per dest, cycling through the
 # list from the head; weights are ignored. Rebuilt on dest add and delete only: the kernel has no
 # update hook (the table does not depend on weights). The bucket's dest gives no destination if it
 # is not AVAILABLE, has weight <= 0 or is OVERLOAD; there is no fallback.
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport malloc, free
 from ipvsflow.engine.defs cimport engine_t, service_t, dest_t, DEST_F_AVAILABLE
-from ipvsflow.engine.sched_common cimport sched_ops, dest_overloaded
+from ipvsflow.engine.sched_common cimport sched_ops, dest_overloaded, sched_iph_daddr
 from ipvsflow.engine.hsiphash cimport hash_32, addr_fold
 from ipvsflow.io.batch cimport pkt_desc
 
@@ -55,7 +56,7 @@ cdef int32_t dh_schedule(engine_t *e, service_t *svc, const pkt_desc *p) noexcep
     cdef dest_t *dp
     if s == NULL:
         return -1
-    d = s.buckets[hash_32(addr_fold(p.dst, p.af, svc.af), DH_TAB_BITS)]
+    d = s.buckets[hash_32(addr_fold(sched_iph_daddr(p), p.af, svc.af), DH_TAB_BITS)]
     if d < 0:
         return -1
     dp = &e.dests[d]

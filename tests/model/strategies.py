@@ -94,13 +94,11 @@ def _icmp(draw, af, t, flow_proto, outer, inner):
 
 
 @st.composite
-def scenarios(draw, max_packets: int = 40, front_icmp: bool = True, dh_schedule_icmp: bool = True,
-              shared_out_key: bool = True):
-    """``front_icmp``: include a real server's ICMP error as captured in front of the director
-    (VIP -> client, about client -> VIP) in every setup, not only where a v5.11+ director is
-    on a DR/TUN reply path. ``dh_schedule_icmp``: allow dh with schedule_icmp=1.
-    ``shared_out_key``: allow NAT entries of one client port on two virtual ports to the same
-    server port (fwmark and port-0 services with a fixed server port), whose replies look alike."""
+def scenarios(draw, max_packets: int = 40):
+    """Fwmark and port-0 services draw client packets to two virtual ports: with NAT and a fixed
+    server port, the entries of one client port then share a reply tuple. ICMP errors include a
+    real server's error as captured in front of the director (VIP -> client, about client ->
+    VIP), and any scheduler may run with schedule_icmp=1."""
     af = draw(st.sampled_from([4, 4, 4, 6]))
     kind = draw(st.sampled_from(["plain", "plain", "plain", "plain", "fwmark", "port0"]))
     proto = draw(st.sampled_from([PROTO_TCP, PROTO_TCP, PROTO_TCP, PROTO_UDP, PROTO_SCTP]))
@@ -113,8 +111,6 @@ def scenarios(draw, max_packets: int = 40, front_icmp: bool = True, dh_schedule_
         rport = draw(st.sampled_from([0, 0, 8080]))
     else:
         rport = vs.port         # ipvsadm gives DR/TUN servers of a port service its port
-    if fwd == FWD_MASQ and rport and not shared_out_key:
-        dports = [VPORT]
     n = draw(st.integers(1, 3))
     weights = draw(st.lists(st.sampled_from([1, 1, 2, 3, 0]), min_size=n, max_size=n))
     thresholds = draw(st.lists(st.sampled_from([(0, 0), (0, 0), (2, 1), (3, 0)]), min_size=n, max_size=n))
@@ -125,7 +121,7 @@ def scenarios(draw, max_packets: int = 40, front_icmp: bool = True, dh_schedule_
                    expire_quiescent_template=draw(st.integers(0, 1)),
                    secure_tcp=draw(st.sampled_from([0, 3])), sloppy_tcp=draw(st.integers(0, 1)),
                    sloppy_sctp=draw(st.integers(0, 1)), conntrack=draw(st.integers(0, 1)),
-                   schedule_icmp=0 if vs.scheduler == "dh" and not dh_schedule_icmp else draw(st.integers(0, 1)))
+                   schedule_icmp=draw(st.integers(0, 1)))
     config = Config(services=[vs], sysctls=sysctls, kernel=draw(st.sampled_from(KERNELS)))
     ct_model = draw(st.sampled_from(["never", "always"]))
     dr_replies = draw(st.sampled_from(["ignore", "inspect"]))
@@ -139,7 +135,9 @@ def scenarios(draw, max_packets: int = 40, front_icmp: bool = True, dh_schedule_
         cport = draw(st.sampled_from(PORTS[:1] * 3 + PORTS[1:]))
         dport = draw(st.sampled_from(dports))
         p_proto = proto if kind != "fwmark" else draw(st.sampled_from([proto, proto, proto, PROTO_UDP]))
-        what = draw(st.sampled_from(["client"] * 8 + ["reply"] * 3 + ["rs_reply", "icmp"]))
+        # behind a NAT director the servers' own replies are the ones the out index answers
+        what = draw(st.sampled_from(["client"] * 8 + ["reply"] * 3 + ["rs_reply", "icmp"]
+                                    + ["rs_reply"] * 2 * (fwd == FWD_MASQ)))
         flags = draw(st.sampled_from(FLAG_SETS)) if p_proto == PROTO_TCP else 0
         chunk = draw(st.sampled_from(SCTP_CHUNKS)) if p_proto == PROTO_SCTP else None
         abort_after = chunk in (10, 11) and draw(st.integers(0, 4)) == 0
@@ -155,9 +153,7 @@ def scenarios(draw, max_packets: int = 40, front_icmp: bool = True, dh_schedule_
             pkt = Packet(src=draw(st.sampled_from(servers)), sport=rport or dport, dst=client,
                          dport=cport, **common)
         else:
-            front = front_icmp or (fwd != FWD_MASQ and dr_replies == "inspect"
-                                   and config.kernel in ("5.15", "6.1"))
-            side = draw(st.sampled_from(["client", "client", "server"] + ["front"] * front))
+            side = draw(st.sampled_from(["client", "client", "server", "front"]))
             if side == "client":        # the client about a reply it got
                 pkt = _icmp(draw, af, t, p_proto, (client, vip), (vip, dport, client, cport))
                 if kind == "fwmark" and draw(st.integers(0, 3)):
