@@ -6,11 +6,13 @@
 #               follow a dropped SYN (for the client delay a drop implies).
 # * ConnLog     one row per client connection (Zeek conn.log-like), grouped by the decision's
 #               connection serial while the packets stream by.
-# * DecisionEncoder  decision records as JSON lines / CSV text or columnar buffers for Parquet.
+# * DecisionEncoder  decision records as JSON lines / CSV text or columnar buffers for Parquet
+#               (ColumnChunk; vip and rs as EndpointDict indices).
+# * burst_limit, first_at_or_after  the replay's scans of a burst's packet times.
 #
 # Python calls each of them once per burst; nothing per packet is a Python object.
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from libc.stdlib cimport malloc, realloc, free
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -122,7 +124,7 @@ cdef inline uint32_t _payload(const pkt_desc *p) noexcept nogil:
     return 0
 
 
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_ANY_CONTIGUOUS
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_ANY_CONTIGUOUS, PyBUF_WRITABLE
 
 
 cdef inline const decision_t *_dec_buf(object dec, uint32_t m) except? NULL:
@@ -160,6 +162,47 @@ cdef inline const decision_t *_dec_ptr(object dec):
         return NULL
     raw = dec.view(np.uint8)
     return <const decision_t *>&raw[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Burst times for the replay loop (ipvsflow.replay): one C pass instead of numpy calls per burst
+
+def burst_limit(PacketBatch batch not None, int64_t until_ns):
+    """``(limit, tmax)``: how many packets of the burst come before the first one at or after
+    ``until_ns``, and the latest time among those (the first packet's time when there are none)."""
+    cdef uint32_t i, n = batch.count
+    cdef const pkt_desc *pk = batch.pkts
+    cdef int64_t t, tmax
+    if n == 0:
+        return 0, 0
+    tmax = pk[0].ts_ns
+    for i in range(n):
+        t = pk[i].ts_ns
+        if t >= until_ns:
+            return i, tmax
+        if t > tmax:
+            tmax = t
+    return n, tmax
+
+
+def first_ts(PacketBatch batch not None):
+    """The first packet's time (ns)."""
+    if batch.count == 0:
+        raise ValueError("empty burst")
+    return batch.pkts[0].ts_ns
+
+
+def first_at_or_after(PacketBatch batch not None, uint32_t start, uint32_t stop, int64_t cut_ns):
+    """Index of the first packet in [start, stop) whose time is at or after ``cut_ns``; ``stop``
+    when there is none."""
+    cdef uint32_t i
+    cdef const pkt_desc *pk = batch.pkts
+    if stop > batch.count:
+        raise ValueError("packet range outside the batch")
+    for i in range(start, stop):
+        if pk[i].ts_ns >= cut_ns:
+            return i
+    return stop
 
 
 # ------------------------------------------------------------------------------------------------
@@ -791,21 +834,45 @@ cdef inline char *_put(char *o, const char *s, Py_ssize_t n) noexcept nogil:
     return o + n
 
 
+# dotted-quad pieces: octet v is _OCT_TXT[4v:4v+4] ("7.", "42.", "255."), _OCT_LEN[v] with the dot
+cdef char _OCT_TXT[1024]
+cdef uint8_t _OCT_LEN[256]
+
+
+cdef int _init_octets() except -1:
+    cdef int v, n
+    cdef bytes t
+    for v in range(256):
+        t = (str(v) + ".").encode()
+        n = len(t)
+        memset(&_OCT_TXT[4 * v], 0, 4)
+        memcpy(&_OCT_TXT[4 * v], <const char *>t, n)
+        _OCT_LEN[v] = n
+    return 0
+
+
+_init_octets()
+
+
+cdef inline bint _is_v4(const uint8_t *a) noexcept nogil:
+    # IPv4-mapped: ten zero bytes, then 0xffff
+    cdef uint32_t w
+    memcpy(&w, a + 8, 4)
+    return _load64(a) == 0 and w == 0xFFFF0000u
+
+
 cdef inline char *_addr(char *o, const uint8_t *a) noexcept nogil:
-    # IPv4-mapped -> dotted quad, else RFC 5952 text in brackets
-    cdef int i
-    cdef bint v4 = True
-    for i in range(10):
-        if a[i]:
-            v4 = False
-            break
-    if v4 and a[10] == 0xff and a[11] == 0xff:
-        for i in range(4):
-            o = _utoa(o, a[12 + i])
-            if i < 3:
-                o[0] = 46
-                o += 1
-        return o
+    # IPv4-mapped -> dotted quad, else RFC 5952 text in brackets. Writes up to 3 bytes past the
+    # text (the octet table is copied 4 bytes at a time): output buffers keep that much slack.
+    if _is_v4(a):
+        memcpy(o, &_OCT_TXT[4 * a[12]], 4)
+        o += _OCT_LEN[a[12]]
+        memcpy(o, &_OCT_TXT[4 * a[13]], 4)
+        o += _OCT_LEN[a[13]]
+        memcpy(o, &_OCT_TXT[4 * a[14]], 4)
+        o += _OCT_LEN[a[14]]
+        memcpy(o, &_OCT_TXT[4 * a[15]], 4)
+        return o + _OCT_LEN[a[15]] - 1
     o[0] = 91
     o += 1
     if inet_ntop(10, a, o, 48) != NULL:
@@ -822,46 +889,256 @@ cdef inline char *_endpoint(char *o, const uint8_t *a, uint16_t port) noexcept n
 
 
 cdef inline bint _nonzero16(const uint8_t *a) noexcept nogil:
-    cdef int i
-    for i in range(16):
-        if a[i]:
-            return True
-    return False
+    return _load64(a) != 0 or _load64(a + 8) != 0
+
+
+# ------------------------------------------------------------------------------------------------
+# EndpointDict: the distinct texts of a low-cardinality endpoint column (vip, rs) of one Parquet
+# chunk, so the column is written as dictionary indices instead of one string per row.
+#
+# Rows are looked up by a binary key (address, port, what the text is made of); a key seen for
+# the first time gets its text formatted once, and equal texts share one entry (a service's
+# configured text and the packet's address can spell the same endpoint).
+
+cdef enum:
+    KEY_ENDPOINT = 0        # addr:port of the key
+    KEY_SERVICE = 1         # the configured text of service ``id``
+    KEY_SERVER = 2          # real server ``id`` (port: the connection's, for port-0 servers)
+    EP_TEXT_MAX = 64        # "[" + IPv6 text (45) + "]:" + port (5), with slack
+
+
+ctypedef struct ep_key:
+    # an address's two words (KEY_ENDPOINT) or the server generation (the others), then
+    # port | kind << 16 | id << 32; built in registers, no partial stores
+    uint64_t a0
+    uint64_t a1
+    uint64_t w
+
+
+cdef inline uint64_t _key_hash(const ep_key *k) noexcept nogil:
+    # independent multiplies (the tables are small and the keys well spread)
+    cdef uint64_t h = (k.a0 * 0x9E3779B97F4A7C15ULL) ^ (k.a1 * 0xC2B2AE3D27D4EB4FULL) ^ (k.w * 0x165667B19E3779F9ULL)
+    return h ^ (h >> 29) ^ (h >> 47)
+
+
+cdef inline bint _key_eq(const ep_key *a, const ep_key *b) noexcept nogil:
+    return a.a0 == b.a0 and a.a1 == b.a1 and a.w == b.w
+
+
+cdef inline uint64_t _key_w(uint16_t port, uint8_t kind, uint32_t id) noexcept nogil:
+    return <uint64_t>port | (<uint64_t>kind << 16) | (<uint64_t>id << 32)
+
+
+cdef inline uint64_t _text_hash(const char *t, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ <uint8_t>t[i]) * 1099511628211ULL
+    return _mix(h)
+
+
+cdef class EndpointDict:
+    """Distinct endpoint texts and the row keys that map to them (see above)."""
+    cdef ep_key *kslot_key
+    cdef int32_t *kslot         # key slot -> entry (-1: empty)
+    cdef uint32_t kmask, nkeys
+    cdef int32_t *tslot         # text slot -> entry (-1: empty)
+    cdef uint32_t tmask
+    cdef int32_t *off           # entry i = blob[off[i]:off[i+1]]
+    cdef uint64_t *thash
+    cdef int32_t n, ncap
+    cdef char *blob
+    cdef Py_ssize_t blob_cap
+
+    def __cinit__(self):
+        self.kslot_key = NULL
+        self.kslot = NULL
+        self.tslot = NULL
+        self.off = NULL
+        self.thash = NULL
+        self.blob = NULL
+        self.kmask = self.tmask = 0
+        self.nkeys = 0
+        self.n = self.ncap = 0
+        self.blob_cap = 0
+        self._grow_keys(64)
+        self._grow_texts(64)
+        self._reserve(64)
+
+    def __dealloc__(self):
+        free(self.kslot_key)
+        free(self.kslot)
+        free(self.tslot)
+        free(self.off)
+        free(self.thash)
+        free(self.blob)
+
+    @property
+    def count(self):
+        return self.n
+
+    cdef int _grow_keys(self, uint32_t slots) except -1:
+        cdef ep_key *nk = <ep_key *>malloc(slots * sizeof(ep_key))
+        cdef int32_t *ns = <int32_t *>malloc(slots * sizeof(int32_t))
+        cdef uint32_t i, j, mask = slots - 1
+        if nk == NULL or ns == NULL:
+            free(nk)
+            free(ns)
+            raise MemoryError()
+        memset(ns, 0xff, slots * sizeof(int32_t))
+        if self.kslot != NULL:
+            for i in range(self.kmask + 1):
+                if self.kslot[i] >= 0:
+                    j = <uint32_t>_key_hash(&self.kslot_key[i]) & mask
+                    while ns[j] >= 0:
+                        j = (j + 1) & mask
+                    ns[j] = self.kslot[i]
+                    nk[j] = self.kslot_key[i]
+        free(self.kslot_key)
+        free(self.kslot)
+        self.kslot_key = nk
+        self.kslot = ns
+        self.kmask = mask
+        return 0
+
+    cdef int _grow_texts(self, uint32_t slots) except -1:
+        cdef int32_t *ns = <int32_t *>malloc(slots * sizeof(int32_t))
+        cdef uint32_t j, mask = slots - 1
+        cdef int32_t e
+        if ns == NULL:
+            raise MemoryError()
+        memset(ns, 0xff, slots * sizeof(int32_t))
+        for e in range(self.n):
+            j = <uint32_t>self.thash[e] & mask
+            while ns[j] >= 0:
+                j = (j + 1) & mask
+            ns[j] = e
+        free(self.tslot)
+        self.tslot = ns
+        self.tmask = mask
+        return 0
+
+    cdef int _reserve(self, uint32_t m) except -1:
+        """Room for ``m`` more keys and entries (tables at most half full), before a nogil pass."""
+        cdef uint32_t slots
+        cdef int32_t ncap
+        cdef Py_ssize_t need
+        cdef void *q
+        slots = self.kmask + 1
+        while 2 * (self.nkeys + m) > slots:
+            slots *= 2
+        if slots != self.kmask + 1:
+            self._grow_keys(slots)
+        if self.n + <int32_t>m > self.ncap:
+            ncap = max(self.ncap * 2, self.n + <int32_t>m)
+            q = realloc(self.off, (ncap + 1) * sizeof(int32_t))
+            if q == NULL:
+                raise MemoryError()
+            self.off = <int32_t *>q
+            if self.ncap == 0:
+                self.off[0] = 0
+            q = realloc(self.thash, ncap * sizeof(uint64_t))
+            if q == NULL:
+                raise MemoryError()
+            self.thash = <uint64_t *>q
+            self.ncap = ncap
+        slots = self.tmask + 1
+        while 2 * (<uint32_t>self.n + m) > slots:
+            slots *= 2
+        if slots != self.tmask + 1:
+            self._grow_texts(slots)
+        need = self.off[self.n] + <Py_ssize_t>m * EP_TEXT_MAX
+        if need > self.blob_cap:
+            need = max(need, 2 * self.blob_cap)
+            q = realloc(self.blob, need)
+            if q == NULL:
+                raise MemoryError()
+            self.blob = <char *>q
+            self.blob_cap = need
+        return 0
+
+    cdef inline int32_t find(self, const ep_key *k, uint32_t *slot) noexcept nogil:
+        cdef uint32_t j = <uint32_t>_key_hash(k) & self.kmask
+        while self.kslot[j] >= 0:
+            if _key_eq(&self.kslot_key[j], k):
+                return self.kslot[j]
+            j = (j + 1) & self.kmask
+        slot[0] = j
+        return -1
+
+    cdef char *text_end(self) noexcept nogil:
+        """Where a new entry's text is formatted (room: EP_TEXT_MAX, reserved)."""
+        return self.blob + self.off[self.n]
+
+    cdef int32_t add(self, const ep_key *k, uint32_t slot, char *end) noexcept nogil:
+        """Key ``k`` (absent, free ``slot`` from find) maps to the text formatted at text_end()
+        up to ``end``: an existing entry with that text, or a new one."""
+        cdef const char *t = self.blob + self.off[self.n]
+        cdef Py_ssize_t ln = end - t
+        cdef uint64_t h = _text_hash(t, ln)
+        cdef uint32_t j = <uint32_t>h & self.tmask
+        cdef int32_t e
+        while True:
+            e = self.tslot[j]
+            if e < 0:
+                e = self.n
+                self.thash[e] = h
+                self.off[e + 1] = self.off[e] + <int32_t>ln
+                self.tslot[j] = e
+                self.n += 1
+                break
+            if (self.thash[e] == h and self.off[e + 1] - self.off[e] == ln
+                    and memcmp(self.blob + self.off[e], t, ln) == 0):
+                break
+            j = (j + 1) & self.tmask
+        self.kslot_key[slot] = k[0]
+        self.kslot[slot] = e
+        self.nkeys += 1
+        return e
+
+    def arrays(self):
+        """(offsets int32[n + 1], text bytes) of the entries: an Arrow string array's buffers."""
+        off = np.empty(self.n + 1, np.int32)
+        cdef int32_t[::1] o = off
+        memcpy(&o[0], self.off, (self.n + 1) * sizeof(int32_t))
+        return off, PyBytes_FromStringAndSize(self.blob, self.off[self.n])
 
 
 cdef class ColumnChunk:
-    """Column buffers for up to ``cap`` decisions (one Parquet row group)."""
+    """Column buffers for up to ``cap`` decisions (one Parquet row group). ``vip`` and ``rs`` are
+    indices into the chunk's ``vip_dict`` / ``rs_dict`` (-1: null)."""
     cdef public uint64_t n
     cdef public uint64_t cap
-    cdef public object a_pkt, a_ts, a_conn, a_rs, a_dir, a_proto, a_action, a_reason, a_state, a_ip
-    cdef public object a_client_off, a_vip_off
+    cdef public object a_pkt, a_ts, a_conn, a_rs, a_vip, a_dir, a_proto, a_action, a_reason, a_state, a_ip
+    cdef public object a_client_off
+    cdef public EndpointDict vip_dict, rs_dict
     cdef uint64_t[::1] pkt
     cdef int64_t[::1] ts
     cdef uint64_t[::1] conn
-    cdef int32_t[::1] rs
+    cdef int32_t[::1] rs, vip
     cdef int8_t[::1] dir_, proto, action, reason
     cdef int16_t[::1] state
     cdef uint8_t[::1] ip
-    cdef int32_t[::1] client_off, vip_off
+    cdef int32_t[::1] client_off
     cdef char *client_text
-    cdef char *vip_text
     cdef Py_ssize_t text_cap
 
     def __cinit__(self):
         self.client_text = NULL
-        self.vip_text = NULL
         self.text_cap = 0
 
     def __dealloc__(self):
         free(self.client_text)
-        free(self.vip_text)
 
     def __init__(self, uint64_t cap):
+        if cap == 0 or cap > (1 << 24):
+            raise ValueError("chunk size must be 1 .. 16777216 rows")
         self.cap = cap
         self.a_pkt = np.zeros(cap, np.uint64); self.pkt = self.a_pkt
         self.a_ts = np.zeros(cap, np.int64); self.ts = self.a_ts
         self.a_conn = np.zeros(cap, np.uint64); self.conn = self.a_conn
         self.a_rs = np.zeros(cap, np.int32); self.rs = self.a_rs
+        self.a_vip = np.zeros(cap, np.int32); self.vip = self.a_vip
         self.a_dir = np.zeros(cap, np.int8); self.dir_ = self.a_dir
         self.a_proto = np.zeros(cap, np.int8); self.proto = self.a_proto
         self.a_action = np.zeros(cap, np.int8); self.action = self.a_action
@@ -869,11 +1146,12 @@ cdef class ColumnChunk:
         self.a_state = np.zeros(cap, np.int16); self.state = self.a_state
         self.a_ip = np.zeros(cap, np.uint8); self.ip = self.a_ip
         self.a_client_off = np.zeros(cap + 1, np.int32); self.client_off = self.a_client_off
-        self.a_vip_off = np.zeros(cap + 1, np.int32); self.vip_off = self.a_vip_off
+        self.vip_dict = EndpointDict()
+        self.rs_dict = EndpointDict()
         self.n = 0
 
-    cdef int _reserve_text(self, Py_ssize_t extra) except -1:
-        cdef Py_ssize_t need = max(self.client_off[self.n], self.vip_off[self.n]) + extra
+    cdef int _reserve(self, uint32_t m) except -1:
+        cdef Py_ssize_t need = self.client_off[self.n] + <Py_ssize_t>m * EP_TEXT_MAX
         cdef void *q
         if need > self.text_cap:
             need = max(need, self.text_cap * 2)
@@ -881,46 +1159,51 @@ cdef class ColumnChunk:
             if q == NULL:
                 raise MemoryError()
             self.client_text = <char *>q
-            q = realloc(self.vip_text, need)
-            if q == NULL:
-                raise MemoryError()
-            self.vip_text = <char *>q
             self.text_cap = need
+        self.vip_dict._reserve(m)
+        self.rs_dict._reserve(m)
         return 0
 
     def reset(self):
+        """Empty again (the buffers are kept: no fresh pages to fault in for the next chunk)."""
         self.n = 0
         self.client_off[0] = 0
-        self.vip_off[0] = 0
+        self.vip_dict = EndpointDict()
+        self.rs_dict = EndpointDict()
 
-    def texts(self):
-        """(client text, vip text): the strings of the rows so far, back to back."""
-        return (PyBytes_FromStringAndSize(self.client_text, self.client_off[self.n]),
-                PyBytes_FromStringAndSize(self.vip_text, self.vip_off[self.n]))
+    def client_texts(self):
+        """The client strings of the rows so far, back to back (offsets: a_client_off)."""
+        return PyBytes_FromStringAndSize(self.client_text, self.client_off[self.n])
 
 
 cdef class DecisionEncoder:
-    """Formats decisions: JSON lines or CSV text (``encode`` returns bytes), or the columns of a
-    Parquet chunk (``columns``). Name tables come from Python (see decisions.py)."""
+    """Formats decisions: JSON lines or CSV text (``encode`` returns bytes, ``encode_into`` fills
+    a caller's buffer), or the columns of a Parquet chunk (``columns``). Name tables come from
+    Python (see decisions.py)."""
     cdef int fmt
     cdef bytes _names                 # all names back to back
     cdef const char *_names_p
     cdef const char *_rs_p
+    cdef const char *_rsa_p
     cdef const char *_svc_p
     cdef int32_t[::1] _noff           # name i = _names[_noff[i]:_noff[i+1]]
     cdef int32_t[::1] _act, _reason, _dir, _proto, _state   # code -> name index (-1 = null)
     cdef bytes _rs_blob
     cdef int32_t[::1] _rs_off         # rs id -> endpoint text
+    cdef bytes _rsa_blob
+    cdef int32_t[::1] _rsa_off        # rs id -> address text of a port-0 server ('' otherwise)
     cdef int32_t _n_rs
     cdef bytes _svc_blob
     cdef int32_t[::1] _svc_off
     cdef int32_t _n_svc
+    cdef uint32_t _gen                # bumped by set_servers: server/service keys of older texts
     cdef char *buf
     cdef Py_ssize_t cap
 
     def __cinit__(self):
         self.buf = NULL
         self.cap = 0
+        self._gen = 0
 
     def __dealloc__(self):
         free(self.buf)
@@ -940,23 +1223,31 @@ cdef class DecisionEncoder:
         self._state = np.asarray(state, np.int32)      # [proto index * 256 + state]
         self.set_servers([], [])
 
-    def set_servers(self, rs_texts, svc_texts):
-        """Endpoint text of every real-server id and service id ('' = derive from the packet)."""
-        for attr_blob, attr_off, texts in (("rs", None, rs_texts), ("svc", None, svc_texts)):
-            enc = [t.encode() for t in texts]
-            off = np.zeros(len(enc) + 1, np.int32)
-            if enc:
-                off[1:] = np.cumsum([len(e) for e in enc])
-            if attr_blob == "rs":
-                self._rs_blob = b"".join(enc)
-                self._rs_p = self._rs_blob
-                self._rs_off = off
-                self._n_rs = len(enc)
-            else:
-                self._svc_blob = b"".join(enc)
-                self._svc_p = self._svc_blob
-                self._svc_off = off
-                self._n_svc = len(enc)
+    @staticmethod
+    def _blob(texts):
+        enc = [t.encode() for t in texts]
+        off = np.zeros(len(enc) + 1, np.int32)
+        if enc:
+            off[1:] = np.cumsum([len(e) for e in enc])
+        return b"".join(enc), off
+
+    def set_servers(self, rs_texts, svc_texts, rs_port0_addrs=None):
+        """Endpoint text of every real-server id and service id ('' = derive from the packet).
+        ``rs_port0_addrs``: per real-server id, the address text of a server configured with
+        port 0 ('' for the others); its rows name the port the connection uses instead."""
+        if rs_port0_addrs is None:
+            rs_port0_addrs = [""] * len(rs_texts)
+        if len(rs_port0_addrs) != len(rs_texts):
+            raise ValueError("rs_port0_addrs must have one entry per real server")
+        self._rs_blob, self._rs_off = self._blob(rs_texts)
+        self._rs_p = self._rs_blob
+        self._rsa_blob, self._rsa_off = self._blob(rs_port0_addrs)
+        self._rsa_p = self._rsa_blob
+        self._n_rs = len(rs_texts)
+        self._svc_blob, self._svc_off = self._blob(svc_texts)
+        self._svc_p = self._svc_blob
+        self._n_svc = len(svc_texts)
+        self._gen += 1
 
     @property
     def n_rs(self):
@@ -992,6 +1283,26 @@ cdef class DecisionEncoder:
             return _endpoint(o, p.dst, p.dport)
         return _endpoint(o, p.src, p.sport)
 
+    cdef inline void _vip_key(self, ep_key *k, const decision_t *d, const pkt_desc *p) noexcept nogil:
+        # the key of the text _vip writes (same branches)
+        if d.conn != 0 and (d.vport != 0 or _nonzero16(d.vaddr)) and d.fwd != 0xff:
+            k.a0 = _load64(d.vaddr)
+            k.a1 = _load64(d.vaddr + 8)
+            k.w = _key_w(d.vport, KEY_ENDPOINT, 0)
+        elif d.dir == DIR_OUT:
+            if d.svc >= 0 and d.svc < self._n_svc and self._svc_off[d.svc + 1] > self._svc_off[d.svc]:
+                k.a0 = self._gen
+                k.a1 = 0
+                k.w = _key_w(0, KEY_SERVICE, <uint32_t>d.svc)
+            else:
+                k.a0 = _load64(p.src)
+                k.a1 = _load64(p.src + 8)
+                k.w = _key_w(p.sport, KEY_ENDPOINT, 0)
+        else:
+            k.a0 = _load64(p.dst)
+            k.a1 = _load64(p.dst + 8)
+            k.w = _key_w(p.dport, KEY_ENDPOINT, 0)
+
     cdef inline char *_vip(self, char *o, const decision_t *d, const pkt_desc *p) noexcept nogil:
         cdef const char *sb = self._svc_p
         cdef int32_t n
@@ -1005,16 +1316,31 @@ cdef class DecisionEncoder:
             return _endpoint(o, p.src, p.sport)
         return _endpoint(o, p.dst, p.dport)
 
-    cdef inline char *_rs(self, char *o, int32_t rs, bint quoted, bint json) noexcept nogil:
-        cdef const char *rb = self._rs_p
-        if rs < 0 or rs >= self._n_rs:
+    cdef inline bint _has_rs(self, const decision_t *d) noexcept nogil:
+        return d.rs >= 0 and d.rs < self._n_rs
+
+    cdef inline bint _rs_port0(self, const decision_t *d) noexcept nogil:
+        # a port-0 server named with the port its connection uses
+        return d.dport != 0 and self._rsa_off[d.rs + 1] > self._rsa_off[d.rs]
+
+    cdef inline char *_rs_text(self, char *o, const decision_t *d) noexcept nogil:
+        # the server's text, unquoted (d.rs valid)
+        cdef int32_t rs = d.rs
+        if self._rs_port0(d):
+            o = _put(o, self._rsa_p + self._rsa_off[rs], self._rsa_off[rs + 1] - self._rsa_off[rs])
+            o[0] = 58
+            return _utoa(o + 1, d.dport)
+        return _put(o, self._rs_p + self._rs_off[rs], self._rs_off[rs + 1] - self._rs_off[rs])
+
+    cdef inline char *_rs(self, char *o, const decision_t *d, bint quoted, bint json) noexcept nogil:
+        if not self._has_rs(d):
             if json:
                 return _put(o, b"null", 4)
             return o
         if quoted:
             o[0] = 34
             o += 1
-        o = _put(o, rb + self._rs_off[rs], self._rs_off[rs + 1] - self._rs_off[rs])
+        o = self._rs_text(o, d)
         if quoted:
             o[0] = 34
             o += 1
@@ -1042,9 +1368,16 @@ cdef class DecisionEncoder:
     def max_rs(self, dec):
         return int(dec["rs"].max()) if len(dec) else -1
 
+    @staticmethod
+    def max_bytes(uint32_t m):
+        """An upper bound of the text of ``m`` rows (what encode_into needs free)."""
+        return <Py_ssize_t>m * 400 + 64
+
     def encode(self, PacketBatch batch not None, uint32_t start, uint32_t stop, dec):
         """JSON lines or CSV rows of packets [start, stop) as bytes."""
         cdef uint32_t m = stop - start
+        if self.fmt == FMT_COLUMNS:
+            raise ValueError("this encoder makes columns (use columns())")
         if stop > batch.count or start > stop:
             raise ValueError("packet range outside the batch")
         cdef const decision_t *dp = _dec_buf(dec, m)
@@ -1053,11 +1386,36 @@ cdef class DecisionEncoder:
         self._reserve(<Py_ssize_t>m * 400 + 64)
         cdef Py_ssize_t n
         with nogil:
-            n = self._encode(batch.pkts + start, dp, m)
+            n = self._encode(self.buf, batch.pkts + start, dp, m)
         return PyBytes_FromStringAndSize(self.buf, n)
 
-    cdef Py_ssize_t _encode(self, const pkt_desc *pk, const decision_t *d0, uint32_t m) noexcept nogil:
-        cdef char *o = self.buf
+    def encode_into(self, PacketBatch batch not None, uint32_t start, uint32_t stop, dec,
+                    out, Py_ssize_t pos):
+        """Write the rows of packets [start, stop) into the writable buffer ``out`` at ``pos``;
+        returns the new end. ``out`` needs ``max_bytes(stop - start)`` free from ``pos``."""
+        cdef uint32_t m = stop - start
+        cdef Py_buffer view
+        cdef Py_ssize_t n = 0
+        if self.fmt == FMT_COLUMNS:
+            raise ValueError("this encoder makes columns (use columns())")
+        if stop > batch.count or start > stop:
+            raise ValueError("packet range outside the batch")
+        cdef const decision_t *dp = _dec_buf(dec, m)
+        if m == 0:
+            return pos
+        PyObject_GetBuffer(out, &view, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
+        try:
+            if pos < 0 or view.len - pos < <Py_ssize_t>m * 400 + 64:
+                raise ValueError("not enough room in the output buffer")
+            with nogil:
+                n = self._encode(<char *>view.buf + pos, batch.pkts + start, dp, m)
+        finally:
+            PyBuffer_Release(&view)
+        return pos + n
+
+    cdef Py_ssize_t _encode(self, char *base, const pkt_desc *pk, const decision_t *d0,
+                            uint32_t m) noexcept nogil:
+        cdef char *o = base
         cdef uint32_t i
         cdef const decision_t *d
         cdef const pkt_desc *p
@@ -1090,7 +1448,7 @@ cdef class DecisionEncoder:
                 else:
                     o = _put(o, b'null,"vip":null', 15)
                 o = _put(o, b',"rs":', 6)
-                o = self._rs(o, d.rs, True, True)
+                o = self._rs(o, d, True, True)
                 o = _put(o, b',"action":', 10)
                 o = self._name(o, self._act[d.action & 7], True, True)
                 o = _put(o, b',"reason":', 10)
@@ -1121,7 +1479,7 @@ cdef class DecisionEncoder:
                     o[0] = 44
                     o += 1
                 o[0] = 44
-                o = self._rs(o + 1, d.rs, False, False)
+                o = self._rs(o + 1, d, False, False)
                 o[0] = 44
                 o = self._name(o + 1, self._act[d.action & 7], False, False)
                 o[0] = 44
@@ -1134,11 +1492,13 @@ cdef class DecisionEncoder:
                     o = _utoa(o, d.conn)
                 o[0] = 10
                 o += 1
-        return o - self.buf
+        return o - base
 
     def columns(self, PacketBatch batch not None, uint32_t start, uint32_t stop, dec, ColumnChunk chunk not None):
         """Append packets [start, stop) to ``chunk`` (which must have room for them)."""
         cdef uint32_t m = stop - start
+        if self.fmt != FMT_COLUMNS:
+            raise ValueError("this encoder makes text (use encode())")
         if stop > batch.count or start > stop:
             raise ValueError("packet range outside the batch")
         cdef const decision_t *dp = _dec_buf(dec, m)
@@ -1146,39 +1506,56 @@ cdef class DecisionEncoder:
             raise ValueError("column chunk full")
         if m == 0:
             return
-        chunk._reserve_text(<Py_ssize_t>m * 120)
+        chunk._reserve(m)
+        cdef EndpointDict vd = chunk.vip_dict
+        cdef EndpointDict rd = chunk.rs_dict
         with nogil:
-            self._columns(batch.pkts + start, dp, m, chunk)
+            self._columns(batch.pkts + start, dp, m, chunk, vd, rd)
 
     cdef void _columns(self, const pkt_desc *pk, const decision_t *d0, uint32_t m,
-                       ColumnChunk c) noexcept nogil:
-        cdef uint32_t i
-        cdef uint64_t j
+                       ColumnChunk c, EndpointDict vd, EndpointDict rd) noexcept nogil:
+        cdef uint32_t i, slot
+        cdef uint64_t j = c.n
         cdef const decision_t *d
         cdef const pkt_desc *p
         cdef char *o
+        cdef char *text = c.client_text
+        cdef int32_t coff = c.client_off[j]
+        cdef int32_t e
+        cdef ep_key k
         for i in range(m):
             d = d0 + i
             p = pk + i
-            j = c.n
             c.pkt[j] = d.pkt
             c.ts[j] = d.ts_ns
             c.conn[j] = d.conn
-            c.rs[j] = d.rs if (d.rs >= 0 and d.rs < self._n_rs) else -1
             c.dir_[j] = <int8_t>self._dir[d.dir]
-            c.proto[j] = <int8_t>(self._proto[d.proto] if p.af != 0 else -1)
             c.action[j] = <int8_t>self._act[d.action & 7]
             c.reason[j] = <int8_t>self._reason[d.reason]
             c.state[j] = <int16_t>(self._state[_pidx(d.proto) * 256 + d.state] if d.conn != 0 else -1)
-            c.ip[j] = p.af != 0
-            o = c.client_text + c.client_off[j]
+            if self._has_rs(d):
+                k.a0 = self._gen
+                k.a1 = 0
+                k.w = _key_w(d.dport if self._rs_port0(d) else 0, KEY_SERVER, <uint32_t>d.rs)
+                e = rd.find(&k, &slot)
+                if e < 0:
+                    e = rd.add(&k, slot, self._rs_text(rd.text_end(), d))
+                c.rs[j] = e
+            else:
+                c.rs[j] = -1
             if p.af != 0:
-                o = self._client(o, d, p)
-            c.client_off[j + 1] = <int32_t>(o - c.client_text)
-            o = c.vip_text + c.vip_off[j]
-            if p.af != 0:
-                o = self._vip(o, d, p)
-            c.vip_off[j + 1] = <int32_t>(o - c.vip_text)
-            c.n += 1
-
-
+                c.ip[j] = 1
+                c.proto[j] = <int8_t>self._proto[d.proto]
+                coff = <int32_t>(self._client(text + coff, d, p) - text)
+                self._vip_key(&k, d, p)
+                e = vd.find(&k, &slot)
+                if e < 0:
+                    e = vd.add(&k, slot, self._vip(vd.text_end(), d, p))
+                c.vip[j] = e
+            else:
+                c.ip[j] = 0
+                c.proto[j] = -1
+                c.vip[j] = -1
+            c.client_off[j + 1] = coff
+            j += 1
+        c.n = j

@@ -10,7 +10,13 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from . import __version__
+# Before numpy is imported: BLAS worker threads spin while idle and take the second core from
+# the replay (nothing here does linear algebra). An explicit setting wins.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+del _var
+
+from . import __version__  # noqa: E402
 
 
 class UserError(Exception):
@@ -52,7 +58,7 @@ def _add_rule_options(p: argparse.ArgumentParser, kernel_help: str = "") -> None
 def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", metavar="DISPLAY_FILTER",
                    help="Wireshark display filter; the capture is then read through pyshark/tshark (slow)")
-    p.add_argument("--burst", type=int, default=256, help="packets per burst (default 256)")
+    p.add_argument("--burst", type=int, default=1024, help="packets per burst (default 1024)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -202,6 +208,9 @@ def _add_analyze(sub) -> None:
     o.add_argument("--decisions", metavar="FILE", help="per-packet decisions: .jsonl, .csv or .parquet")
     o.add_argument("--decisions-format", choices=("jsonl", "csv", "parquet"),
                    help="format of --decisions when its name does not say (e.g. /dev/null)")
+    o.add_argument("--decisions-compression", choices=("snappy", "lz4", "zstd", "gzip", "none"),
+                   default=None, help="Parquet --decisions: codec of the client column, the only one "
+                                      "not dictionary or delta encoded (default snappy)")
     o.add_argument("--conns", metavar="FILE",
                    help="one row per connection, Zeek conn.log-like: .log/.tsv (Zeek TSV), .jsonl, .csv, .parquet")
     o.add_argument("--out-pcap", metavar="FILE", help="the forwarded packets, rewritten as the director sends them")
@@ -250,10 +259,19 @@ def _cmd_analyze(args) -> int:
     engine = Engine(cfg, capacity=args.burst, dr_replies=args.dr_replies)
     ana = report.Analysis(engine, conns=bool(args.conns))
     writer = None
+    if args.decisions_compression:
+        from .decisions import format_for
+        try:
+            fmt = format_for(args.decisions, args.decisions_format) if args.decisions else None
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if fmt != "parquet":
+            raise UserError("--decisions-compression applies to Parquet decisions (--decisions FILE.parquet)")
     if args.decisions:
         from .decisions import DecisionWriter
         try:
-            writer = DecisionWriter(args.decisions, engine, fmt=args.decisions_format)
+            kw = {"compression": args.decisions_compression} if args.decisions_compression else {}
+            writer = DecisionWriter(args.decisions, engine, fmt=args.decisions_format, **kw)
         except OSError as exc:
             raise UserError(f"{args.decisions}: {exc.strerror or exc}") from None
         except ValueError as exc:
@@ -414,7 +432,7 @@ def _add_conns(sub) -> None:
     _add_rule_options(p)
     p.add_argument("--at", metavar="TIME", help="stop at this time (seconds after the first packet, e.g. +12.5s)")
     p.add_argument("--filter", metavar="DISPLAY_FILTER", help="Wireshark display filter (read through pyshark)")
-    p.add_argument("--burst", type=int, default=256, help="packets per burst (default 256)")
+    p.add_argument("--burst", type=int, default=1024, help="packets per burst (default 1024)")
     p.set_defaults(func=_cmd_conns)
 
 

@@ -2,9 +2,11 @@
 
 Columns: pkt, ts, dir, proto, client, vip, rs, action, reason, state, conn. Formatting runs in C
 over each burst (ipvsflow._analysis.DecisionEncoder): JSON lines and CSV are rendered straight
-into a byte buffer, Parquet gets columnar buffers (string columns built as Arrow offsets + bytes,
-the small vocabularies as dictionary columns, ``ts`` as a UTC timestamp in ns), one row group per
-``chunk`` decisions.
+into the output buffer, Parquet gets columnar buffers (client as Arrow offsets + bytes; the small
+vocabularies, vip and rs as dictionary columns; ``ts`` as a UTC timestamp in ns), one row group
+per ``chunk`` decisions.
+``rs`` of a server configured with port 0 (fwmark and port-0 services) carries the port its
+connection uses, as ``ipvsadm -Lnc`` shows it.
 Null values: ``rs`` without a real server, ``state``/``conn`` without a connection, ``reason``
 when there is none, ``client``/``vip``/``proto`` for packets that are not IP.
 """
@@ -84,15 +86,36 @@ def server_texts(engine) -> tuple[list[str], list[str]]:
     return rs, svc
 
 
+def port0_addresses(engine) -> list[str]:
+    """Per real-server id: the address text of a server configured with port 0 (fwmark and
+    port-0 services: its connections keep the packet's port, which the records then show),
+    '' for the others."""
+    return [("" if d["port"] else (f"[{d['addr']}]" if ":" in d["addr"] else d["addr"]))
+            for d in engine.dests()]
+
+
+# Parquet layout. The small vocabularies, vip and rs are dictionary columns built by the encoder
+# (indices only per row); pkt, ts and conn are nearly sorted integers, which delta encoding
+# stores in a few bits a row at a fraction of the cost of compressing them. Only client
+# (distinct "addr:port" strings) is worth a general-purpose codec.
+_PARQUET_DELTA = ("pkt", "ts", "conn")
+_PARQUET_DICT = ("dir", "proto", "vip", "rs", "action", "reason", "state")
+PARQUET_COMPRESSION = "snappy"
+_CODECS = ("snappy", "lz4", "zstd", "gzip", "brotli")
+_TEXT_BUFFER = 1 << 22
+
+
 class DecisionWriter:
     """Writes one engine's decisions to ``path`` as ``.jsonl``, ``.csv`` or ``.parquet``.
 
     ``write(batch, start, stop, dec)`` takes a burst as :func:`ipvsflow.replay.replay` hands
     it over; call ``refresh()`` after rule changes (new real servers) and ``close()`` at the end.
+    Parquet: one row group per ``chunk`` decisions; ``compression`` is the codec of the client
+    column (the others are dictionary or delta encoded), or a dict ``{column: codec}``.
     """
 
-    def __init__(self, path: str, engine, fmt: Optional[str] = None, chunk: int = 1 << 17,
-                 compression: str = "lz4"):
+    def __init__(self, path: str, engine, fmt: Optional[str] = None, chunk: int = 1 << 18,
+                 compression=PARQUET_COMPRESSION):
         self.fmt = format_for(path, fmt)
         self.path = path
         self.engine = engine
@@ -100,8 +123,10 @@ class DecisionWriter:
         self._vocab = _Vocab()
         self._pq = None
         self._chunk = None
+        self._spare = None
         self._pool = None
         self._pending = None
+        self._fh = None
         if self.fmt == "parquet":
             try:
                 import pyarrow  # noqa: F401
@@ -109,15 +134,33 @@ class DecisionWriter:
             except ImportError:
                 raise ValueError("Parquet output needs pyarrow: pip install 'ipvsflow[parquet]'") from None
             from ._analysis import ColumnChunk
+            if isinstance(compression, dict):
+                bad = set(compression) - set(COLUMNS)
+                if bad:
+                    raise ValueError(f"compression for unknown columns: {', '.join(sorted(bad))}")
+                self._compression = {c: compression.get(c, "none") for c in COLUMNS}
+            else:
+                self._compression = {c: "none" for c in COLUMNS}
+                self._compression["client"] = compression or "none"
+            for codec in set(self._compression.values()):     # fail now, not after the replay
+                if codec not in ("none", "uncompressed") and not (
+                        codec in _CODECS and pyarrow.Codec.is_available(codec)):
+                    raise ValueError(f"Parquet compression {codec!r} is not available "
+                                     f"(use none, {', '.join(_CODECS)})")
             self._enc = self._vocab.encoder("columns")
             self._chunk = ColumnChunk(chunk)
-            self._compression = compression
-            self._fh = open(path, "wb")      # fail early on a bad path, like the text formats
+            self._names = pyarrow.array(self._vocab.names, pyarrow.string())
+            self._ts_type = pyarrow.timestamp("ns", tz="UTC")     # the time zone lookup: once
+            # fail early on a bad path, like the text formats; a native file, so the writer
+            # thread never waits for the GIL to write a page
+            self._fh = pyarrow.OSFile(path, "wb")
         else:
             self._enc = self._vocab.encoder(self.fmt)
             self._fh = open(path, "wb", buffering=0)
-            self._buf: list[bytes] = []
-            self._buffered = 0
+            # rows are rendered straight into this buffer and written from it without a copy
+            self._out = bytearray(_TEXT_BUFFER)
+            self._view = memoryview(self._out)
+            self._pos = 0
             if self.fmt == "csv":
                 self._fh.write((",".join(COLUMNS) + "\n").encode())
         self.refresh()
@@ -125,8 +168,7 @@ class DecisionWriter:
     def refresh(self) -> None:
         """Re-read real servers and services (after rule changes)."""
         rs, svc = server_texts(self.engine)
-        self._rs_names = rs
-        self._enc.set_servers(rs, svc)
+        self._enc.set_servers(rs, svc, port0_addresses(self.engine))
 
     def write(self, batch, start: int, stop: int, dec: np.ndarray) -> None:
         m = stop - start
@@ -134,6 +176,10 @@ class DecisionWriter:
             return
         self.rows += m
         if self._chunk is not None:
+            c = self._chunk
+            if c.n + m < c.cap:          # the usual case: the whole burst fits
+                self._enc.columns(batch, start, stop, dec, c)
+                return
             done = 0
             while done < m:
                 room = self._chunk.cap - self._chunk.n
@@ -143,54 +189,52 @@ class DecisionWriter:
                 if self._chunk.n == self._chunk.cap:
                     self._flush_parquet()
             return
-        data = self._enc.encode(batch, start, stop, dec)
-        self._buf.append(data)
-        self._buffered += len(data)
-        if self._buffered >= 1 << 22:
+        need = self._enc.max_bytes(m)
+        if self._pos + need > len(self._out):
             self._flush_text()
+            if need > len(self._out):
+                self._out = bytearray(need)
+                self._view = memoryview(self._out)
+        self._pos = self._enc.encode_into(batch, start, stop, dec, self._out, self._pos)
 
     def _flush_text(self) -> None:
-        if self._buf:
-            self._fh.write(b"".join(self._buf))
-            self._buf = []
-            self._buffered = 0
+        view = self._view[:self._pos]
+        while view:                      # an unbuffered write may take only part of it
+            view = view[self._fh.write(view):]
+        self._pos = 0
 
     def _table(self):
         import pyarrow as pa
         c = self._chunk
         n = int(c.n)
-        names = pa.array(self._vocab.names, pa.string())
+        names = self._names
 
-        def dict_col(codes):
+        def dict_col(codes, dictionary):
             codes = codes[:n]
             mask = codes < 0
             idx = pa.array(codes, mask=mask if mask.any() else None)
-            return pa.DictionaryArray.from_arrays(idx, names)
+            return pa.DictionaryArray.from_arrays(idx, dictionary)
 
-        client_text, vip_text = c.texts()
+        def endpoints(d):
+            off, text = d.arrays()
+            return pa.StringArray.from_buffers(len(off) - 1, pa.py_buffer(off), pa.py_buffer(text))
+
         ip = c.a_ip[:n].astype(bool)
-        valid = None if ip.all() else pa.py_buffer(np.packbits(ip, bitorder="little").tobytes())
-        nulls = int(n - ip.sum())
-        client = pa.StringArray.from_buffers(n, pa.py_buffer(c.a_client_off[:n + 1].tobytes()),
-                                             pa.py_buffer(client_text), valid, nulls)
-        vip = pa.StringArray.from_buffers(n, pa.py_buffer(c.a_vip_off[:n + 1].tobytes()),
-                                          pa.py_buffer(vip_text), valid, nulls)
-        rs_ids = c.a_rs[:n]
-        rs_mask = rs_ids < 0
-        rs = pa.DictionaryArray.from_arrays(pa.array(rs_ids, mask=rs_mask if rs_mask.any() else None),
-                                            pa.array(self._rs_names or [""], pa.string()))
+        valid = None if ip.all() else pa.py_buffer(np.packbits(ip, bitorder="little"))
+        client = pa.StringArray.from_buffers(n, pa.py_buffer(c.a_client_off[:n + 1]),
+                                             pa.py_buffer(c.client_texts()), valid, int(n - ip.sum()))
         conn = c.a_conn[:n]
         return pa.table({
             "pkt": pa.array(c.a_pkt[:n]),
-            "ts": pa.array(c.a_ts[:n], pa.timestamp("ns", tz="UTC")),
-            "dir": dict_col(c.a_dir),
-            "proto": dict_col(c.a_proto),
+            "ts": pa.array(c.a_ts[:n], self._ts_type),
+            "dir": dict_col(c.a_dir, names),
+            "proto": dict_col(c.a_proto, names),
             "client": client,
-            "vip": vip,
-            "rs": rs,
-            "action": dict_col(c.a_action),
-            "reason": dict_col(c.a_reason),
-            "state": dict_col(c.a_state),
+            "vip": dict_col(c.a_vip, endpoints(c.vip_dict)),
+            "rs": dict_col(c.a_rs, endpoints(c.rs_dict)),
+            "action": dict_col(c.a_action, names),
+            "reason": dict_col(c.a_reason, names),
+            "state": dict_col(c.a_state, names),
             "conn": pa.array(conn, mask=(conn == 0)),
         })
 
@@ -203,17 +247,23 @@ class DecisionWriter:
             return
         table = self._table()
         if self._pq is None:
-            # the small vocabularies are dictionary columns already; high-cardinality columns
-            # (client, packet numbers, times) are cheaper written plain, without statistics
             self._pq = pq.ParquetWriter(self._fh, table.schema, compression=self._compression,
-                                        use_dictionary=["dir", "proto", "vip", "rs", "action", "reason", "state"],
-                                        write_statistics=["pkt", "ts", "conn"])
+                                        use_dictionary=list(_PARQUET_DICT),
+                                        column_encoding={c: "DELTA_BINARY_PACKED" for c in _PARQUET_DELTA},
+                                        write_statistics=list(_PARQUET_DELTA))
         self._wait()
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
         self._pending = self._pool.submit(self._pq.write_table, table)
-        self._chunk = ColumnChunk(self._chunk.cap)
+        # the other buffer's table was written (waited for above): fill that one next
+        spare = self._spare
+        self._spare = self._chunk
+        if spare is None:
+            spare = ColumnChunk(self._chunk.cap)
+        else:
+            spare.reset()
+        self._chunk = spare
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -235,10 +285,14 @@ class DecisionWriter:
                 if self._pq is not None:
                     self._pq.close()
                     self._pq = None
-        else:
+                self._fh.close()
+                self._fh = None
+            return
+        try:
             self._flush_text()
-        self._fh.close()
-        self._fh = None
+        finally:
+            self._fh.close()
+            self._fh = None
 
     def __enter__(self):
         return self

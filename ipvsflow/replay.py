@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ._analysis import burst_limit, first_at_or_after, first_ts
 from .config import Command, ConfigError, Event
 
 
@@ -54,9 +55,8 @@ def replay(batches: Iterable, engines: Sequence, events: Sequence[tuple[Event, C
         n = batch.count
         if n == 0:
             continue
-        ts = batch.to_numpy()["ts_ns"]
         if t0 is None:
-            t0 = int(ts[0])
+            t0 = first_ts(batch)
             st.first_ts_ns = t0
             if pending:
                 ev_ts = t0 + int(round(pending[0][0].t * 1e9))
@@ -64,22 +64,14 @@ def replay(batches: Iterable, engines: Sequence, events: Sequence[tuple[Event, C
                 tick_ts = clock.first(t0)
                 tick_ts = _NEVER if tick_ts is None else int(tick_ts)
             if until is not None:
-                until_ts = t0 + int(round(until * 1e9))
-        limit = n
-        tmax = int(ts.max())
-        if tmax >= until_ts:
-            late = np.flatnonzero(ts >= until_ts)
-            limit = int(late[0])
-            tmax = int(ts[:limit].max()) if limit else tmax
+                until_ts = min(t0 + int(round(until * 1e9)), _NEVER)
+        limit, tmax = burst_limit(batch, until_ts)
         start = 0
         while True:
             cut = ev_ts if ev_ts <= tick_ts else tick_ts
             stop = limit
             if tmax >= cut and start < limit:
-                seg = ts[start:limit] >= cut
-                k = int(seg.argmax())
-                if seg[k]:
-                    stop = start + k
+                stop = first_at_or_after(batch, start, limit, cut)
             if stop > start:
                 for k, eng in enumerate(engines):
                     dec = eng.process(batch, start, stop)

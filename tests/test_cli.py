@@ -254,5 +254,186 @@ def test_fwmark_service_gets_its_marks_from_mark_rules(tmp_path, capsys):
     assert [a for a, _ in got["none"]] == ["pass", "pass", "pass"]
     assert got["iptables"] == got["compact"]
     assert [a for a, _ in got["compact"]] == ["new", "new", "pass"]
-    # rs names the real server as configured (port 0: the packet's port is kept)
-    assert {rs for _, rs in got["compact"][:2]} == {"10.0.1.1:0", "10.0.1.2:0"}
+    # port-0 servers: rs names the port the connection uses (the packet's), in every format;
+    # rr picks the most recently added server first
+    assert got["compact"][:2] == [("new", "10.0.1.2:80"), ("new", "10.0.1.1:443")]
+    for ext in ("csv", "parquet"):
+        out = tmp_path / f"compact.{ext}"
+        rc, _, err = run(["analyze", cap, *rules, *marks["compact"], "-q", "--decisions", out], capsys)
+        assert rc == 0, err
+        assert [(d["action"], d["rs"]) for d in read_decisions(str(out))] == got["compact"], ext
+
+
+def _frame6(src, sport, dst, dport, flags):
+    import ipaddress
+    import struct
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 0, 0x50, flags, 65535, 0, 0)
+    ip6 = (struct.pack("!IHBB", 6 << 28, len(tcp), 6, 64) + ipaddress.IPv6Address(src).packed
+           + ipaddress.IPv6Address(dst).packed)
+    return b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02" + b"\x86\xdd" + ip6 + tcp
+
+
+def _arp_frame():
+    return b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x02" + b"\x08\x06" + bytes(28)
+
+
+def test_decision_files_spell_every_endpoint_like_the_packets(tmp_path, monkeypatch):
+    """IPv4 and IPv6, service and non-service traffic to many distinct endpoints, a non-IP
+    frame: client and vip are the packet's own endpoints in all three formats, across Parquet
+    row groups (each with its own vip/rs dictionaries) and across text buffer flushes."""
+    import ipaddress
+    from ipvsflow import decisions
+    from ipvsflow.config import parse_rules
+    from ipvsflow.decisions import DecisionWriter, read_decisions
+    from ipvsflow.engine import Engine
+    from ipvsflow.io import PcapWriter, open_capture
+    from ipvsflow.replay import replay
+
+    t = 1_700_000_000_000_000_000
+    sent = []          # (frame, client, vip) expected per packet; None for non-IP
+    for i in range(300):
+        k = i % 5
+        if k == 0:      # to the IPv4 service
+            c, v = ("10.1.%d.%d" % (i // 250, i % 250 + 1), 30000 + i), ("10.0.0.100", 80)
+            sent.append((_frame(c[0], c[1], v[0], v[1], 0x02), f"{c[0]}:{c[1]}", f"{v[0]}:{v[1]}"))
+        elif k == 1:    # to a distinct IPv4 endpoint that is no service
+            c, v = ("10.2.0.1", 40000 + i), ("172.16.0.%d" % (i % 7), 1000 + i)
+            sent.append((_frame(c[0], c[1], v[0], v[1], 0x10), f"{c[0]}:{c[1]}", f"{v[0]}:{v[1]}"))
+        elif k == 2:    # to the IPv6 service
+            c, v = ("2001:db8::%x" % (0x1000 + i), 50000 + i), ("2001:db8::100", 80)
+            sent.append((_frame6(c[0], c[1], v[0], v[1], 0x02), f"[{c[0]}]:{c[1]}", f"[{v[0]}]:{v[1]}"))
+        elif k == 3:    # to distinct IPv6 endpoints, long and short forms
+            c, v = ("fe80::1:2:3:4", 1 + i), (str(ipaddress.IPv6Address("2001:db8:0:%x::1" % (i % 3))), 65535 - i)
+            sent.append((_frame6(c[0], c[1], v[0], v[1], 0x10), f"[{c[0]}]:{c[1]}", f"[{v[0]}]:{v[1]}"))
+        elif i % 10 == 4:   # NAT: a client's SYN, the server's reply, a stray reply (no entry)
+            c, v, r = ("10.3.0.%d" % (i // 10), 20000 + i), ("10.0.0.200", 80), ("10.0.1.5", 8080)
+            sent.append((_frame(c[0], c[1], v[0], v[1], 0x02), f"{c[0]}:{c[1]}", f"{v[0]}:{v[1]}"))
+            sent.append((_frame(r[0], r[1], c[0], c[1], 0x12), f"{c[0]}:{c[1]}", f"{v[0]}:{v[1]}"))
+            # without an entry the record has no virtual side: vip is the reply's source
+            sent.append((_frame(r[0], r[1], "10.4.0.1", c[1], 0x12), f"10.4.0.1:{c[1]}", f"{r[0]}:{r[1]}"))
+        else:
+            sent.append((_arp_frame(), None, None))
+    cap = tmp_path / "mixed.pcap"
+    with PcapWriter(str(cap)) as w:
+        for i, (frame, _, _) in enumerate(sent):
+            w.write(frame, t + i * 1000)
+    cfg = parse_rules("\n".join([
+        "-A -t 10.0.0.100:80 -s rr",
+        "-a -t 10.0.0.100:80 -r 10.0.1.1:80 -g", "-a -t 10.0.0.100:80 -r 10.0.1.2:8080 -m",
+        "-A -t [2001:db8::100]:80 -s rr", "-a -t [2001:db8::100]:80 -r [2001:db8::10]:80 -g",
+        "-A -t 10.0.0.200:80 -s rr", "-a -t 10.0.0.200:80 -r 10.0.1.5:8080 -m",
+    ]), source="test")
+    cfg.sysctls["nat_icmp_send"] = 1        # stray server replies are the service's (DIR out)
+    monkeypatch.setattr(decisions, "_TEXT_BUFFER", 512)     # smaller than one burst's bound
+    got = {}
+    for ext in ("jsonl", "csv", "parquet"):
+        eng = Engine(cfg, capacity=16)
+        out = tmp_path / f"d.{ext}"
+        writer = DecisionWriter(str(out), eng, chunk=40)
+        replay(open_capture(str(cap), burst=16), [eng],
+               on_decisions=lambda k, b, s, e, d: writer.write(b, s, e, d))
+        writer.close()
+        got[ext] = read_decisions(str(out))
+    assert [len(g) for g in got.values()] == [len(sent)] * 3
+    for ext, rows in got.items():
+        for (_, client, vip), r in zip(sent, rows):
+            assert (r["client"], r["vip"]) == (client, vip), (ext, r)
+            if vip in ("10.0.0.200:80", "10.0.1.5:8080"):   # NAT: the reply names the service
+                assert r["rs"] == ("10.0.1.5:8080" if vip == "10.0.0.200:80" else None), (ext, r)
+                assert r["dir"] == ("in" if r["action"] == "new" else "out"), (ext, r)
+            elif vip in ("10.0.0.100:80", "[2001:db8::100]:80"):
+                assert r["action"] == "new" and r["proto"] == "tcp", (ext, r)
+                assert r["rs"] in (("10.0.1.1:80", "10.0.1.2:8080") if vip[0] == "1" else
+                                   ("[2001:db8::10]:80",)), (ext, r)
+            else:
+                assert r["rs"] is None and r["conn"] is None, (ext, r)
+    for ext in ("csv", "parquet"):
+        for a, b in zip(got["jsonl"], got[ext]):
+            assert {k: a[k] for k in decisions.COLUMNS if k != "ts"} == \
+                   {k: b[k] for k in decisions.COLUMNS if k != "ts"}, ext
+            assert abs(float(a["ts"]) - float(b["ts"])) < 1e-6
+    # both real servers of the IPv4 service were used, so the dictionaries held several entries
+    assert {r["rs"] for r in got["parquet"] if r["vip"] == "10.0.0.100:80"} == {"10.0.1.1:80", "10.0.1.2:8080"}
+    # the reference spelling: Python's own RFC 5952 text
+    assert all(ipaddress.ip_address(r["client"].rsplit(":", 1)[0].strip("[]")) for r in got["csv"] if r["client"])
+
+
+def test_decisions_after_rule_changes_name_new_servers_in_every_format(capture, rules, tmp_path, capsys):
+    """A server added mid-capture: rows before and after name the right servers, Parquet
+    included (its rs dictionary spans the change)."""
+    got = {}
+    for ext in ("jsonl", "parquet"):
+        out = tmp_path / f"ev.{ext}"
+        rc, _, err = run(["analyze", capture, "-C", rules, "-q", "--decisions", out,
+                          "--event", "+1s -a -t 10.0.0.100:80 -r 10.0.1.3:80 -g -w 1",
+                          "--event", "+1s -e -t 10.0.0.100:80 -r 10.0.1.1:80 -g -w 0",
+                          "--event", "+1s -e -t 10.0.0.100:80 -r 10.0.1.2:80 -g -w 0"], capsys)
+        assert rc == 0, err
+        from ipvsflow.decisions import read_decisions
+        got[ext] = [(d["pkt"], d["action"], d["rs"], d["vip"]) for d in read_decisions(str(out))]
+    assert got["jsonl"] == got["parquet"]
+    # the first connection (t=0) went to a configured server; its packets keep naming it
+    first = {rs for pkt, _, rs, _ in got["jsonl"] if pkt < 4}
+    assert len(first) == 1 and first <= {"10.0.1.1:80", "10.0.1.2:80"}
+    # the second (t=2s, port 40001) can only go to the added server: the others have weight 0
+    assert {(act, rs) for pkt, act, rs, _ in got["jsonl"] if 4 <= pkt < 8} == \
+        {("new", "10.0.1.3:80"), ("hit", "10.0.1.3:80")}
+
+
+def test_parquet_decisions_compression_choices(capture, rules, tmp_path, capsys):
+    from ipvsflow.decisions import read_decisions
+    import pyarrow.parquet as pq
+    ref = None
+    for codec in ("snappy", "zstd", "none"):
+        out = tmp_path / f"c-{codec}.parquet"
+        rc, _, err = run(["analyze", capture, "-C", rules, "-q", "--decisions", out,
+                          "--decisions-compression", codec], capsys)
+        assert rc == 0, err
+        md = pq.ParquetFile(str(out)).metadata.row_group(0)
+        cols = {md.column(i).path_in_schema: md.column(i).compression for i in range(md.num_columns)}
+        assert cols["client"] == ("UNCOMPRESSED" if codec == "none" else codec.upper())
+        assert cols["pkt"] == "UNCOMPRESSED"
+        rows = read_decisions(str(out))
+        assert len(rows) == 12
+        ref = ref or rows
+        assert rows == ref
+    rc, _, err = run(["analyze", capture, "-C", rules, "-q", "--decisions", tmp_path / "d.jsonl",
+                      "--decisions-compression", "zstd"], capsys)
+    assert rc == 1 and "Parquet" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", str(capture), "-C", str(rules), "--decisions", str(tmp_path / "x.parquet"),
+              "--decisions-compression", "brotli9"])
+    assert exc.value.code == 2
+    from ipvsflow.decisions import DecisionWriter
+    from ipvsflow.engine import Engine
+    for bad in ("brotli9", {"client": "lz4", "nope": "zstd"}):
+        with pytest.raises(ValueError):
+            DecisionWriter(str(tmp_path / "y.parquet"), Engine(None), compression=bad)
+    assert not (tmp_path / "y.parquet").exists()
+
+
+def test_burst_time_helpers_match_a_numpy_scan():
+    """The replay's per-burst scans (first packet at or after a time, latest time before it)
+    against numpy on unordered times."""
+    import numpy as np
+    from ipvsflow._analysis import burst_limit, first_at_or_after, first_ts
+    from ipvsflow.io import PacketBatch
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 17, 256):
+        ts = rng.integers(0, 1000, n)
+        b = PacketBatch.from_packets([(int(x), b"\x00" * 14) for x in ts])
+        assert first_ts(b) == ts[0]
+        for until in (-1, 0, int(ts[0]), 500, 999, 1000, 1 << 62):
+            late = np.flatnonzero(ts >= until)
+            limit = int(late[0]) if len(late) else n
+            lim, tmax = burst_limit(b, until)
+            assert lim == limit
+            if limit:
+                assert tmax == ts[:limit].max()
+        for _ in range(50):
+            start, stop = sorted(rng.integers(0, n + 1, 2))
+            cut = int(rng.integers(-5, 1005))
+            hit = np.flatnonzero(ts[start:stop] >= cut)
+            assert first_at_or_after(b, start, stop, cut) == (start + int(hit[0]) if len(hit) else stop)
+    with pytest.raises(ValueError):
+        first_at_or_after(b, 0, n + 1, 0)
