@@ -2,11 +2,14 @@
  *
  *   live_floor IFACE SECONDS tpacket3 [BLOCK_SIZE BLOCK_COUNT RETIRE_MS]
  *   live_floor IFACE SECONDS recvmmsg
+ *   live_floor IFACE SECONDS tpacket3-fwd OUT_IFACE DST_MAC
  *
  * tpacket3: a TPACKET_V3 ring (default 64 KiB x 1024 blocks, 1 ms retire: the director's
  * defaults), poll() when idle, every packet's 5-tuple read (a checksum over it is printed so the
  * work is not optimised away), blocks handed back after each one. recvmmsg: the same reading
- * from plain recvmmsg bursts of 64. Outgoing frames are ignored (PACKET_IGNORE_OUTGOING).
+ * from plain recvmmsg bursts of 64. tpacket3-fwd: the tpacket3 read, and every frame sent on
+ * OUT_IFACE to DST_MAC (MACs rewritten in the ring, one sendmmsg per block, zero copy: the
+ * forwarding director's floor). Outgoing frames are ignored (PACKET_IGNORE_OUTGOING).
  * Runs SECONDS of wall time, then prints one JSON line with the packets seen, the kernel's
  * drop counter (PACKET_STATISTICS) and the CPU time this process used.
  */
@@ -21,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -60,6 +64,21 @@ static inline uint64_t touch(const uint8_t *d, uint32_t len) {
     return h;
 }
 
+static uint64_t send_all(int fd, struct mmsghdr *m, unsigned n) {
+    unsigned off = 0, sent = 0;
+    while (off < n) {
+        int r = sendmmsg(fd, m + off, n - off, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            off++;                          /* skip a refused frame */
+            continue;
+        }
+        off += (unsigned)r;
+        sent += (unsigned)r;
+    }
+    return sent;
+}
+
 int main(int argc, char **argv) {
     if (argc < 4) {
         fprintf(stderr, "usage: %s IFACE SECONDS tpacket3|recvmmsg [BLOCK_SIZE BLOCK_COUNT RETIRE_MS]\n", argv[0]);
@@ -67,10 +86,43 @@ int main(int argc, char **argv) {
     }
     const char *ifname = argv[1];
     double seconds = atof(argv[2]);
-    int ring = strcmp(argv[3], "tpacket3") == 0;
-    unsigned bs = argc > 4 ? (unsigned)atoi(argv[4]) : 64u << 10;
-    unsigned bn = argc > 5 ? (unsigned)atoi(argv[5]) : 1024;
-    unsigned tov = argc > 6 ? (unsigned)atoi(argv[6]) : 1;
+    int fwd = strcmp(argv[3], "tpacket3-fwd") == 0;
+    int ring = fwd || strcmp(argv[3], "tpacket3") == 0;
+    if (fwd && argc != 6) {
+        fprintf(stderr, "usage: %s IFACE SECONDS tpacket3-fwd OUT_IFACE DST_MAC\n", argv[0]);
+        return 2;
+    }
+    unsigned bs = argc > 4 && !fwd ? (unsigned)atoi(argv[4]) : 64u << 10;
+    unsigned bn = argc > 5 && !fwd ? (unsigned)atoi(argv[5]) : 1024;
+    unsigned tov = argc > 6 && !fwd ? (unsigned)atoi(argv[6]) : 1;
+    int ofd = -1;
+    uint8_t omac[12];
+    enum { MAXB = 1024 };
+    static struct mmsghdr omsgs[MAXB];
+    static struct iovec oiov[MAXB];
+    if (fwd) {
+        ofd = socket(AF_PACKET, SOCK_RAW, 0);
+        if (ofd < 0) { perror("socket(AF_PACKET)"); return 1; }
+        if (sscanf(argv[5], "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &omac[0], &omac[1], &omac[2], &omac[3],
+                   &omac[4], &omac[5]) != 6) { fprintf(stderr, "bad MAC\n"); return 2; }
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof(ifr));
+        strncpy(ifr.ifr_name, argv[4], IFNAMSIZ - 1);
+        if (ioctl(ofd, SIOCGIFHWADDR, &ifr) < 0) { perror("SIOCGIFHWADDR"); return 1; }
+        memcpy(omac + 6, ifr.ifr_hwaddr.sa_data, 6);
+        struct sockaddr_ll osll;
+        memset(&osll, 0, sizeof(osll));
+        osll.sll_family = AF_PACKET;
+        osll.sll_ifindex = (int)if_nametoindex(argv[4]);
+        if (bind(ofd, (struct sockaddr *)&osll, sizeof(osll)) < 0) { perror("bind"); return 1; }
+        int sndbuf = 4 << 20;
+        setsockopt(ofd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+        for (int i = 0; i < MAXB; i++) {
+            omsgs[i].msg_hdr.msg_iov = &oiov[i];
+            omsgs[i].msg_hdr.msg_iovlen = 1;
+        }
+    }
+    uint64_t forwarded = 0;
     int fd = socket(AF_PACKET, SOCK_RAW, 0);
     if (fd < 0) { perror("socket(AF_PACKET)"); return 1; }
     uint8_t *map = NULL;
@@ -116,10 +168,22 @@ int main(int argc, char **argv) {
             }
             uint32_t n = bd->hdr.bh1.num_pkts;
             struct tpacket3_hdr *h = (struct tpacket3_hdr *)((uint8_t *)bd + bd->hdr.bh1.offset_to_first_pkt);
+            uint32_t q = 0;
             for (uint32_t i = 0; i < n; i++) {
-                acc += touch((uint8_t *)h + h->tp_mac, h->tp_snaplen);
+                uint8_t *d = (uint8_t *)h + h->tp_mac;
+                acc += touch(d, h->tp_snaplen);
+                if (fwd && h->tp_snaplen >= 14) {
+                    memcpy(d, omac, 12);
+                    oiov[q].iov_base = d;
+                    oiov[q].iov_len = h->tp_snaplen;
+                    if (++q == MAXB) {
+                        forwarded += send_all(ofd, omsgs, q);
+                        q = 0;
+                    }
+                }
                 h = (struct tpacket3_hdr *)((uint8_t *)h + h->tp_next_offset);
             }
+            if (q) forwarded += send_all(ofd, omsgs, q);
             pkts += n;
             __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
             cur = (cur + 1) % bn;
@@ -152,8 +216,9 @@ int main(int argc, char **argv) {
     sl = sizeof(st);
     getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &sl);
     printf("{\"mode\": \"%s\", \"packets\": %llu, \"kernel_drops\": %u, \"cpu_seconds\": %.6f, "
-           "\"seconds\": %.6f, \"ns_per_packet\": %.1f, \"check\": %llu}\n",
-           ring ? "tpacket3" : "recvmmsg", (unsigned long long)pkts, st.tp_drops, cpu, el,
-           pkts ? cpu * 1e9 / pkts : 0.0, (unsigned long long)(acc & 0xffff));
+           "\"seconds\": %.6f, \"ns_per_packet\": %.1f, \"forwarded\": %llu, \"check\": %llu}\n",
+           argv[3], (unsigned long long)pkts, st.tp_drops, cpu, el,
+           pkts ? cpu * 1e9 / pkts : 0.0, (unsigned long long)forwarded,
+           (unsigned long long)(acc & 0xffff));
     return 0;
 }

@@ -1,8 +1,11 @@
 /* Packet blaster for the live benchmark: small Ethernet/IPv4/UDP frames, as fast as one core
  * allows, with sendmmsg bursts of 64 on an AF_PACKET socket (PACKET_QDISC_BYPASS).
  *
- *   live_sender IFACE DST_MAC SRC_IP DST_IP DST_PORT FLOWS SECONDS
+ *   live_sender IFACE DST_MAC SRC_IP DST_IP DST_PORT FLOWS SECONDS [PPS]
  *
+ * PPS (optional, 0 = unpaced) paces the bursts to that rate, so receivers can be compared at
+ * one and the same rate (their CPU per packet depends on it: blocks retire on their timer with
+ * fewer packets at lower rates).
  * FLOWS distinct source ports (from 1024) are cycled through, so the director sees FLOWS
  * connections. Frames are 60 bytes (no FCS): 14 Ethernet + 20 IPv4 + 8 UDP + 18 payload, with a
  * valid IPv4 header checksum and a zero UDP checksum. Prints one JSON line:
@@ -44,8 +47,8 @@ static int parse_mac(const char *t, uint8_t *m) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 8) {
-        fprintf(stderr, "usage: %s IFACE DST_MAC SRC_IP DST_IP DST_PORT FLOWS SECONDS\n", argv[0]);
+    if (argc != 8 && argc != 9) {
+        fprintf(stderr, "usage: %s IFACE DST_MAC SRC_IP DST_IP DST_PORT FLOWS SECONDS [PPS]\n", argv[0]);
         return 2;
     }
     const char *ifname = argv[1];
@@ -53,7 +56,8 @@ int main(int argc, char **argv) {
     struct in_addr sip, dip;
     int dport = atoi(argv[5]), flows = atoi(argv[6]);
     double seconds = atof(argv[7]);
-    if (parse_mac(argv[2], dmac) || !inet_aton(argv[3], &sip) || !inet_aton(argv[4], &dip) ||
+    double pps = argc == 9 ? atof(argv[8]) : 0;
+    if (pps < 0 || parse_mac(argv[2], dmac) || !inet_aton(argv[3], &sip) || !inet_aton(argv[4], &dip) ||
         dport <= 0 || dport > 65535 || flows < 1 || flows > 60000 || seconds <= 0) {
         fprintf(stderr, "bad arguments\n");
         return 2;
@@ -113,6 +117,15 @@ int main(int argc, char **argv) {
     double t0 = now(), t1 = t0;
     while (t1 - t0 < seconds) {
         for (int round = 0; round < 16; round++) {
+            if (pps > 0) {
+                /* ahead of schedule: sleep until this burst is due */
+                double ahead = t0 + sent / pps - now();
+                if (ahead > 0) {
+                    struct timespec ts = {.tv_sec = (time_t)ahead,
+                                          .tv_nsec = (long)((ahead - (time_t)ahead) * 1e9)};
+                    nanosleep(&ts, NULL);
+                }
+            }
             for (int i = 0; i < BURST; i++) {
                 iov[i].iov_base = frames + (size_t)next * FRAME;
                 if (++next == flows) next = 0;

@@ -30,6 +30,9 @@ cdef class RxRing:
     cdef readonly uint64_t truncated     # frames cut short by the ring (never forwarded)
     cdef readonly uint64_t csum_partial  # frames left with a partial checksum (offload): completed
     cdef readonly uint64_t blocks        # blocks handed back to the kernel
+    cdef readonly uint64_t vlan_restored # 802.1Q/802.1ad tag the kernel had moved out of the
+                                         # frame (TP_STATUS_VLAN_VALID) put back in place
+    cdef readonly uint64_t vlan_no_room  # same, without room for it in the ring: dropped
     cdef uint64_t k_packets              # PACKET_STATISTICS, accumulated (reading resets them)
     cdef uint64_t k_drops
     cdef uint64_t k_freeze

@@ -8,8 +8,10 @@ once the burst is processed. Outgoing frames (the director's own transmissions) 
 are broadcast/multicast frames and, unless asked for, frames addressed to another host (the
 kernel's IPVS only sees PACKET_HOST packets). Frames whose sender left the TCP/UDP checksum
 to an offload (veth between namespaces with tx checksumming on: TP_STATUS_CSUMNOTREADY) get it
-completed, so what is forwarded carries a real checksum. PACKET_STATISTICS is read and
-accumulated.
+completed, so what is forwarded carries a real checksum. The kernel moves a frame's outer
+802.1Q/802.1ad tag into the ring's packet header (TP_STATUS_VLAN_VALID): it is put back in the
+frame (the ring leaves room in front of it), so the parser, captures and forwarded frames see
+the VLAN the frame came in on. PACKET_STATISTICS is read and accumulated.
 Several sockets (one per worker) can share an interface through PACKET_FANOUT, with a classic
 BPF program choosing the socket.
 
@@ -29,7 +31,7 @@ from cpython.buffer cimport PyBUF_WRITABLE
 from libc.errno cimport errno, EINTR, EAGAIN, EPERM, EACCES, ENOBUFS
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcpy, memmove, memset, strerror
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from posix.unistd cimport close
 
@@ -162,6 +164,8 @@ cdef extern from "<linux/if_packet.h>" nogil:
     int TP_STATUS_KERNEL
     int TP_STATUS_USER
     int TP_STATUS_CSUMNOTREADY
+    int TP_STATUS_VLAN_VALID
+    int TP_STATUS_VLAN_TPID_VALID
     int TP_STATUS_SEND_REQUEST
     int TP_STATUS_SENDING
     int TP_STATUS_AVAILABLE
@@ -303,6 +307,21 @@ cdef void _complete_csum(pkt_desc *p) noexcept nogil:
         c = 0xffff
     d[p.l4_off + off] = c >> 8
     d[p.l4_off + off + 1] = c & 0xff
+
+
+cdef inline void _restore_vlan(tpacket3_hdr *h) noexcept nogil:
+    cdef uint8_t *f = <uint8_t *> h + h.tp_mac
+    cdef uint16_t tpid = 0x8100
+    if (h.tp_status & TP_STATUS_VLAN_TPID_VALID) and h.hv1.tp_vlan_tpid:
+        tpid = h.hv1.tp_vlan_tpid
+    memmove(f - 4, f, 12)
+    f[8] = tpid >> 8
+    f[9] = tpid & 0xff
+    f[10] = (h.hv1.tp_vlan_tci >> 8) & 0xff
+    f[11] = h.hv1.tp_vlan_tci & 0xff
+    h.tp_mac -= 4
+    h.tp_snaplen += 4
+    h.tp_len += 4
 
 
 cdef inline tpacket_block_desc *_block(uint8_t *ring, uint32_t size, uint32_t i) noexcept nogil:
@@ -522,6 +541,15 @@ cdef class RxRing:
             if h.tp_snaplen < h.tp_len:
                 self.truncated += 1
                 continue
+            if h.tp_status & TP_STATUS_VLAN_VALID:
+                # the kernel moved the outer VLAN tag into the header: back into the frame (the
+                # ring leaves room before it), so parsing, the capture and the forwarded frame
+                # carry the VLAN the packet came in on
+                if h.tp_mac < IPVSFLOW_TPACKET_ALIGN(sizeof(tpacket3_hdr)) + sizeof(sockaddr_ll) + 4:
+                    self.vlan_no_room += 1
+                    continue
+                _restore_vlan(h)
+                self.vlan_restored += 1
             p = &b.pkts[n]
             # checksum offload between namespaces (veth) leaves the L4 checksum for the
             # device to fill in; mark the packet, the checksum is completed after parsing
@@ -608,6 +636,7 @@ cdef class RxRing:
         return {"packets": self.packets, "bytes": self.bytes, "outgoing": self.outgoing,
                 "not_host": self.not_host, "truncated": self.truncated,
                 "csum_partial": self.csum_partial, "blocks": self.blocks,
+                "vlan_restored": self.vlan_restored, "vlan_no_room": self.vlan_no_room,
                 "kernel_packets": k["packets"], "kernel_drops": k["drops"],
                 "kernel_freeze_q": k["freeze_q"]}
 
@@ -796,7 +825,8 @@ cdef class TxPort:
         if length < 14:
             self.errors += 1
             return 1
-        off = 18 if (frame[12] == 0x81 and frame[13] == 0x00) else 14
+        off = 18 if ((frame[12] == 0x81 and frame[13] == 0x00) or
+                     (frame[12] == 0x88 and frame[13] == 0xa8)) else 14
         if length > self.mtu + off:
             self.too_big += 1
             return 1

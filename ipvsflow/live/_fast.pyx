@@ -14,20 +14,32 @@ kernel would, then queues the frame on that interface's TxPort:
   (``neigh_miss``) and records the address, so the director can have the kernel resolve it.
 
 Source MAC: the egress interface's. The tables are replaced wholesale from Python
-(``set_routes``, ``set_neighbours``); lookups are small open-addressing hashes and a short
-linear scan of routes, all without Python objects.
+(``set_routes``, ``set_neighbours``, ``set_vlans``); lookups are small open-addressing hashes
+and a short linear scan of routes, all without Python objects.
+
+VLANs: the receive ring puts back the 802.1Q/802.1ad tag the kernel took out of the frame, so
+a forwarded frame still carries the VLAN it came in on. Its outer tag is then set for the
+egress the route (or the neighbour) names:
+
+* a VLAN interface on one of the director's interfaces (``set_vlans``): tagged with its VLAN id
+  (retagged, or a tag inserted), transmitted on the interface it sits on;
+* an interface that has VLAN interfaces: untagged (its own routes are the untagged network);
+* an interface without VLAN interfaces: the frame keeps its tag when it leaves through the
+  interface it came in on (a one-armed director on a trunk, the kernel knowing nothing of the
+  VLANs), and loses it anywhere else.
 """
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, malloc, free
-from libc.string cimport memcpy, memset, memcmp
+from libc.stdlib cimport calloc, malloc, realloc, free
+from libc.string cimport memcpy, memmove, memset, memcmp
 
-import numpy as np
+import os
 import socket
 
 from ipvsflow.io.writer cimport PcapWriter
-from ipvsflow.io.afpacket cimport TxPort
+from ipvsflow.io.afpacket cimport RxRing, TxPort
+from ipvsflow.io.batch cimport PacketBatch
 from ipvsflow.engine.defs cimport decision_t
 
 cdef enum:
@@ -35,12 +47,21 @@ cdef enum:
     MAX_MISSES = 64
     MAX_PENDING = 256           # frames held while their next hop is resolved (the kernel's
                                 # arp_queue holds a few per neighbour; this is shared)
+    MAX_EGRESS = MAX_PORTS + 4096
+    TAG_BUF = 256 << 10         # frames that needed a tag inserted, until the ports are flushed
+
+ctypedef struct egress_t:   # where frames leave: a port, or a VLAN interface on one
+    int32_t port            # index of the TxPort
+    uint32_t ifindex
+    uint32_t vtag           # 0: the port itself; else TPID << 16 | VLAN id
+    uint8_t mac[6]          # source MAC
+    uint8_t has_vlans       # a port with VLAN interfaces on it
 
 ctypedef struct route_t:
     uint64_t net[2]
     uint64_t mask[2]
     uint8_t gw[16]
-    int32_t port            # index of the TxPort, -1: an interface the director does not use
+    int32_t eg              # egress index, -1: an interface the director does not use
     uint32_t ifindex
     uint8_t has_gw
     uint8_t plen            # over the 128-bit (IPv4-mapped) address
@@ -53,13 +74,14 @@ ctypedef struct nent:       # neighbour: (address, ifindex) -> MAC
     uint8_t used
     uint8_t _pad
 
-ctypedef struct ment:       # MAC -> port
+ctypedef struct ment:       # MAC -> egress
     uint64_t mac
-    int32_t port
+    int32_t eg              # -2: the MAC is on several egresses (the route decides)
     uint8_t used
 
 COUNTERS = ("frames", "queued", "dry_run", "no_route", "route_foreign", "route_reject",
-            "neigh_miss", "not_ip", "bad_frame", "neigh_held", "neigh_released")
+            "neigh_miss", "not_ip", "bad_frame", "neigh_held", "neigh_released",
+            "vlan_tagged", "vlan_retagged", "vlan_untagged")
 
 
 cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
@@ -81,6 +103,16 @@ cdef inline uint64_t _nhash(const uint8_t *a, uint32_t ifindex) noexcept nogil:
 cdef inline uint64_t _mac64(const uint8_t *m) noexcept nogil:
     return ((<uint64_t> m[0] << 40) | (<uint64_t> m[1] << 32) | (<uint64_t> m[2] << 24) |
             (<uint64_t> m[3] << 16) | (<uint64_t> m[4] << 8) | <uint64_t> m[5])
+
+
+cdef inline uint32_t _l3_offset(const uint8_t *f, uint32_t caplen, uint16_t *et) noexcept nogil:
+    """Offset of the network header after the MACs and any VLAN tags; et = its ethertype."""
+    cdef uint32_t off = 12
+    et[0] = (f[12] << 8) | f[13]
+    while (et[0] == 0x8100 or et[0] == 0x88a8) and caplen >= off + 6:
+        off += 4
+        et[0] = (f[off] << 8) | f[off + 1]
+    return off + 2
 
 
 cdef uint32_t _pow2(uint32_t n) noexcept nogil:
@@ -111,9 +143,15 @@ cdef class AfPacketSink(PcapWriter):
     """
     cdef list _ports
     cdef void *_pp[MAX_PORTS]
-    cdef uint8_t _own[MAX_PORTS][6]
-    cdef uint32_t _ifx[MAX_PORTS]
     cdef uint32_t _np
+    cdef egress_t *_eg
+    cdef uint32_t _neg
+    cdef int32_t _in_port           # port the frames being written came in on (-1: unknown)
+    cdef uint8_t *_tagbuf
+    cdef size_t _tagcap
+    cdef size_t _tagpos
+    cdef list _route_rows           # as last given, re-applied when the VLANs change
+    cdef list _neigh_rows
     cdef route_t *_routes
     cdef uint32_t _nroutes
     cdef nent *_neigh
@@ -125,8 +163,9 @@ cdef class AfPacketSink(PcapWriter):
     cdef uint32_t _missif[MAX_MISSES]
     cdef uint32_t _nmiss
     cdef readonly bint dry_run
-    cdef uint64_t _c[11]
+    cdef uint64_t _c[14]
     cdef uint8_t *_held[MAX_PENDING]
+    cdef int32_t _heldin[MAX_PENDING]
     cdef uint32_t _heldlen[MAX_PENDING]
     cdef int64_t _heldts[MAX_PENDING]
     cdef uint32_t _nheld
@@ -143,11 +182,22 @@ cdef class AfPacketSink(PcapWriter):
             raise ValueError(f"at most {MAX_PORTS} interfaces")
         self._ports = ports
         self._np = <uint32_t> len(ports)
+        self._eg = <egress_t *> calloc(self._np, sizeof(egress_t))
+        self._tagbuf = <uint8_t *> malloc(TAG_BUF)
+        if self._eg == NULL or self._tagbuf == NULL:
+            raise MemoryError()
+        self._tagcap = TAG_BUF
+        self._tagpos = 0
         for i in range(self._np):
             p = <TxPort> ports[i]
             self._pp[i] = <void *> p
-            memcpy(self._own[i], <const char *> p.mac, 6)
-            self._ifx[i] = p.ifindex
+            self._eg[i].port = <int32_t> i
+            self._eg[i].ifindex = p.ifindex
+            memcpy(self._eg[i].mac, <const char *> p.mac, 6)
+        self._neg = self._np
+        self._in_port = -1
+        self._route_rows = []
+        self._neigh_rows = []
         self.linktype = 1
         self.snaplen = 262144
         self._closed = False
@@ -162,6 +212,8 @@ cdef class AfPacketSink(PcapWriter):
         free(self._routes)
         free(self._neigh)
         free(self._macs)
+        free(self._eg)
+        free(self._tagbuf)
         for i in range(self._nheld):
             free(self._held[i])
         self._nheld = 0
@@ -173,16 +225,80 @@ cdef class AfPacketSink(PcapWriter):
     # -- tables ---------------------------------------------------------------------------
 
     cdef int _port_of(self, uint32_t ifindex) noexcept nogil:
+        """Egress index of an interface (a port or a VLAN interface on one), -1: none."""
         cdef uint32_t i
-        for i in range(self._np):
-            if self._ifx[i] == ifindex:
+        if ifindex == 0:
+            return -1
+        for i in range(self._neg):
+            if self._eg[i].ifindex == ifindex:
                 return <int> i
         return -1
+
+    def set_vlans(self, vlans):
+        """Replace the VLAN interfaces: ``vlans`` is a list of dicts with ``ifindex``,
+        ``parent`` (ifindex of the interface it is on), ``vid``, ``tpid`` (default 0x8100) and
+        ``mac`` (bytes or "aa:bb:.."), as ``netlink.vlans()`` gives them. Those on the
+        director's interfaces become egresses; routes and neighbours are re-applied."""
+        cdef uint32_t i, n
+        cdef int parent
+        rows = []
+        for v in vlans:
+            vid = int(v["vid"])
+            tpid = int(v.get("tpid") or 0x8100)
+            if not 0 <= vid <= 4095 or tpid not in (0x8100, 0x88a8):
+                raise ValueError(f"bad VLAN {v!r}")
+            mac = v["mac"]
+            if isinstance(mac, str):
+                mac = bytes.fromhex(mac.replace(":", ""))
+            mac = bytes(mac)
+            if len(mac) != 6:
+                raise ValueError(f"bad MAC address for VLAN interface {v!r}")
+            rows.append((int(v["ifindex"]), int(v["parent"]), vid, tpid, mac))
+        if len(rows) > MAX_EGRESS - self._np:
+            raise ValueError(f"at most {MAX_EGRESS - self._np} VLAN interfaces")
+        cdef egress_t *t = <egress_t *> calloc(self._np + len(rows), sizeof(egress_t))
+        if t == NULL:
+            raise MemoryError()
+        memcpy(t, self._eg, self._np * sizeof(egress_t))
+        for i in range(self._np):
+            t[i].has_vlans = 0
+        n = self._np
+        cdef bytes mb
+        for ifindex, parent_ifx, vid, tpid, mb in rows:
+            parent = -1
+            for i in range(self._np):
+                if t[i].ifindex == <uint32_t> parent_ifx:
+                    parent = <int> i
+            if parent < 0:
+                continue            # on an interface the director does not use
+            t[n].port = parent
+            t[n].ifindex = <uint32_t> ifindex
+            t[n].vtag = (<uint32_t> tpid << 16) | <uint32_t> vid
+            memcpy(t[n].mac, <const char *> mb, 6)
+            t[parent].has_vlans = 1
+            n += 1
+        free(self._eg)
+        self._eg = t
+        self._neg = n
+        self.set_routes(self._route_rows)
+        self.set_neighbours(self._neigh_rows)
+
+    @property
+    def ingress(self):
+        """ifindex of the interface the frames now being written came in on (0: unknown)."""
+        return self._eg[self._in_port].ifindex if self._in_port >= 0 else 0
+
+    @ingress.setter
+    def ingress(self, ifindex):
+        self._in_port = self._port_of(<uint32_t> ifindex) if ifindex else -1
+        if self._in_port >= 0:
+            self._in_port = self._eg[self._in_port].port
 
     def set_routes(self, routes):
         """Replace the routing table: ``routes`` is a list of dicts with ``dst`` (address text),
         ``plen`` (prefix length of that family), ``ifindex``, ``gateway`` (text or None),
         ``metric`` and ``kind`` ("unicast" or anything else for reject routes)."""
+        routes = list(routes)
         rows = []
         for r in routes:
             a = _addr16(r["dst"])
@@ -216,7 +332,7 @@ cdef class AfPacketSink(PcapWriter):
             memcpy(t[i].mask, m, 16)
             t[i].plen = <uint8_t> plen
             t[i].ifindex = <uint32_t> ifindex
-            t[i].port = self._port_of(<uint32_t> ifindex)
+            t[i].eg = self._port_of(<uint32_t> ifindex)
             t[i].kind = 1 if reject else 0
             if gw is not None:
                 memcpy(t[i].gw, <const char *> gw, 16)
@@ -225,11 +341,13 @@ cdef class AfPacketSink(PcapWriter):
         free(self._routes)
         self._routes = t
         self._nroutes = i
+        self._route_rows = routes
 
     def set_neighbours(self, neighbours):
         """Replace the neighbour table: ``neighbours`` is a list of (address text, ifindex,
         mac) with mac as 6 bytes or "aa:bb:..". Neighbours on the director's interfaces also
         map their MAC to that interface (for frames the forwarder addressed already)."""
+        neighbours = list(neighbours)
         rows = []
         for addr, ifindex, mac in neighbours:
             if isinstance(mac, str):
@@ -248,7 +366,7 @@ cdef class AfPacketSink(PcapWriter):
         cdef bytes a, mb
         cdef uint32_t h, ifx
         cdef uint64_t mk
-        cdef int port
+        cdef int eg
         cdef uint32_t count = 0
         for a, ifindex, mb in rows:
             ifx = <uint32_t> ifindex
@@ -262,14 +380,16 @@ cdef class AfPacketSink(PcapWriter):
             nt[h].ifindex = ifx
             memcpy(nt[h].mac, <const char *> mb, 6)
             nt[h].used = 1
-            port = self._port_of(ifx)
-            if port >= 0:
+            eg = self._port_of(ifx)
+            if eg >= 0:
                 mk = _mac64(<const uint8_t *> mb)
                 h = <uint32_t> _mix(mk) & (ncap - 1)
                 while mt[h].used and mt[h].mac != mk:
                     h = (h + 1) & (ncap - 1)
+                if mt[h].used and mt[h].eg != eg:
+                    eg = -2
                 mt[h].mac = mk
-                mt[h].port = port
+                mt[h].eg = eg
                 mt[h].used = 1
         free(self._neigh)
         free(self._macs)
@@ -278,6 +398,7 @@ cdef class AfPacketSink(PcapWriter):
         self._ncap = ncap
         self._mcap = ncap
         self._nneigh = count
+        self._neigh_rows = neighbours
 
     cdef const nent *_nlookup(self, const uint8_t *a, uint32_t ifindex) noexcept nogil:
         cdef uint32_t h
@@ -299,7 +420,7 @@ cdef class AfPacketSink(PcapWriter):
         h = <uint32_t> _mix(mk) & (self._mcap - 1)
         while self._macs[h].used:
             if self._macs[h].mac == mk:
-                return self._macs[h].port
+                return self._macs[h].eg if self._macs[h].eg >= 0 else -1
             h = (h + 1) & (self._mcap - 1)
         return -1
 
@@ -340,21 +461,19 @@ cdef class AfPacketSink(PcapWriter):
         cdef const uint8_t *nh
         cdef uint32_t i
         cdef bint own = False
+        cdef const egress_t *eg
         self._c[0] += 1
         if caplen < 14 or caplen != wirelen:
             self._c[8] += 1
             return 0
-        for i in range(self._np):
-            if memcmp(f, self._own[i], 6) == 0:
+        for i in range(self._neg):
+            if memcmp(f, self._eg[i].mac, 6) == 0:
                 own = True
                 break
         if not own:
             port = self._mlookup(f)
         if port < 0:
-            et = (f[12] << 8) | f[13]
-            if et == 0x8100 and caplen >= 18:
-                et = (f[16] << 8) | f[17]
-                l3 = 18
+            l3 = _l3_offset(f, caplen, &et)
             if et == 0x0800 and caplen >= l3 + 20:
                 memset(a, 0, 10)
                 a[10] = 0xff
@@ -372,7 +491,7 @@ cdef class AfPacketSink(PcapWriter):
             if r.kind != 0:
                 self._c[5] += 1
                 return 0
-            if r.port < 0:
+            if r.eg < 0:
                 self._c[4] += 1
                 return 0
             if r.has_gw:
@@ -387,6 +506,7 @@ cdef class AfPacketSink(PcapWriter):
                     self._held[self._nheld] = <uint8_t *> malloc(caplen)
                     if self._held[self._nheld] != NULL:
                         memcpy(self._held[self._nheld], f, caplen)
+                        self._heldin[self._nheld] = self._in_port
                         self._heldlen[self._nheld] = caplen
                         self._heldts[self._nheld] = ts_ns
                         self._nheld += 1
@@ -395,14 +515,60 @@ cdef class AfPacketSink(PcapWriter):
                 self._c[6] += 1
                 return 0
             memcpy(f, ne.mac, 6)
-            port = r.port
-        memcpy(f + 6, self._own[port], 6)
+            port = r.eg
+        eg = &self._eg[port]
+        memcpy(f + 6, eg.mac, 6)
+        f = self._set_vlan(f, &caplen, eg)
         if self.dry_run:
             self._c[2] += 1
             return 0
-        (<TxPort> self._pp[port]).put(f, caplen)
+        (<TxPort> self._pp[eg.port]).put(f, caplen)
         self._c[1] += 1
         return 0
+
+    cdef uint8_t *_set_vlan(self, uint8_t *f, uint32_t *caplen, const egress_t *eg) except NULL:
+        """The frame with the outer VLAN tag the egress wants (see the module docstring)."""
+        cdef uint16_t et = (f[12] << 8) | f[13]
+        cdef bint tagged = (et == 0x8100 or et == 0x88a8) and caplen[0] >= 18
+        cdef uint16_t tci
+        cdef uint8_t *b
+        if eg.vtag == 0:
+            if not tagged or (not eg.has_vlans and self._in_port == eg.port) or \
+                    (not eg.has_vlans and self._in_port < 0):
+                return f
+            memmove(f + 4, f, 12)
+            caplen[0] -= 4
+            self._c[13] += 1
+            return f + 4
+        if tagged:
+            tci = (((f[14] << 8) | f[15]) & 0xf000) | (eg.vtag & 0xfff)
+            if et != (eg.vtag >> 16) or tci != ((f[14] << 8) | f[15]):
+                f[12] = (eg.vtag >> 24) & 0xff
+                f[13] = (eg.vtag >> 16) & 0xff
+                f[14] = tci >> 8
+                f[15] = tci & 0xff
+                self._c[12] += 1
+            return f
+        # no room before the frame in general: a copy, valid until the ports are flushed
+        if self._tagpos + caplen[0] + 4 > self._tagcap:
+            self.flush_ports()
+            if caplen[0] + 4 > self._tagcap:
+                b = <uint8_t *> realloc(self._tagbuf, caplen[0] + 4)
+                if b == NULL:
+                    raise MemoryError()
+                self._tagbuf = b
+                self._tagcap = caplen[0] + 4
+        b = self._tagbuf + self._tagpos
+        memcpy(b, f, 12)
+        b[12] = (eg.vtag >> 24) & 0xff
+        b[13] = (eg.vtag >> 16) & 0xff
+        b[14] = (eg.vtag >> 8) & 0x0f
+        b[15] = eg.vtag & 0xff
+        memcpy(b + 16, f + 12, caplen[0] - 12)
+        caplen[0] += 4
+        self._tagpos += caplen[0]
+        self._c[11] += 1
+        return b
 
     cdef int _flush(self) except -1:
         self.flush_ports()
@@ -413,6 +579,7 @@ cdef class AfPacketSink(PcapWriter):
         cdef uint32_t i, n = 0
         for i in range(self._np):
             n += (<TxPort> self._pp[i]).flush_queue()
+        self._tagpos = 0
         return n
 
     def flush(self):
@@ -430,12 +597,14 @@ cdef class AfPacketSink(PcapWriter):
         cdef uint64_t before
         cdef uint32_t sent = 0
         cdef uint8_t *f
+        cdef int32_t ingress = self._in_port
         self._holding = False
         try:
             for i in range(self._nheld):
                 f = self._held[i]
                 before = self._c[1] + self._c[2]
                 if self._resolvable(f, self._heldlen[i]):
+                    self._in_port = self._heldin[i]
                     self.write_raw(f, self._heldlen[i], self._heldlen[i], self._heldts[i])
                     sent += 1
                     self._c[10] += 1
@@ -446,12 +615,14 @@ cdef class AfPacketSink(PcapWriter):
                     free(f)
                 else:
                     self._held[keep] = f
+                    self._heldin[keep] = self._heldin[i]
                     self._heldlen[keep] = self._heldlen[i]
                     self._heldts[keep] = self._heldts[i]
                     keep += 1
             self._nheld = keep
         finally:
             self._holding = True
+            self._in_port = ingress
         return sent, keep
 
     @property
@@ -459,15 +630,17 @@ cdef class AfPacketSink(PcapWriter):
         """Frames waiting for a next hop's MAC."""
         return self._nheld
 
+    @property
+    def misses(self):
+        """Next hops without neighbour entry noted since the last take_misses()."""
+        return self._nmiss
+
     cdef bint _resolvable(self, const uint8_t *f, uint32_t caplen) noexcept:
         cdef uint16_t et
         cdef uint32_t l3 = 14
         cdef uint8_t a[16]
         cdef const route_t *r
-        et = (f[12] << 8) | f[13]
-        if et == 0x8100 and caplen >= 18:
-            et = (f[16] << 8) | f[17]
-            l3 = 18
+        l3 = _l3_offset(f, caplen, &et)
         if et == 0x0800 and caplen >= l3 + 20:
             memset(a, 0, 10)
             a[10] = 0xff
@@ -478,7 +651,7 @@ cdef class AfPacketSink(PcapWriter):
         else:
             return True         # write_raw will count it
         r = self._route(a)
-        if r == NULL or r.kind != 0 or r.port < 0:
+        if r == NULL or r.kind != 0 or r.eg < 0:
             return True
         if r.has_gw:
             return self._nlookup(r.gw, r.ifindex) != NULL
@@ -539,3 +712,231 @@ def count_decisions(decisions, uint64_t[::1] counts):
                 counts[k] += 1
     finally:
         PyBuffer_Release(&view)
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    union epoll_data_t "epoll_data":
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    int EPOLL_CLOEXEC
+    int EPOLL_CTL_ADD
+    uint32_t EPOLLIN
+
+cdef extern from "<unistd.h>" nogil:
+    int c_close "close"(int fd)
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EINTR
+
+cdef enum:
+    MAX_RINGS = 63
+
+
+cdef inline int64_t _mono_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t> ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef class RingLoop:
+    """A worker's receive loop over all its rings, in C but for two calls per burst.
+
+    ``RingLoop(rings, batches, engine, forwarder, sink, counts, control_fd, capture=None)``.
+    One burst of a ring: ``RxRing.fill`` into its batch, the capture (if any), one
+    ``engine.process`` call, the decisions counted into ``counts`` (512 slots, see
+    ``count_decisions``), one ``forwarder.forward`` call into ``sink``, the ports flushed, and
+    only then the ring's fully read blocks handed back to the kernel. ``run`` also waits for
+    the rings and the control descriptor (epoll: its cost does not grow with the number of
+    descriptors, unlike poll()'s). The per-wakeup and per-burst Python work the worker loop
+    used to do (a slow sender's blocks retire on their timer with few packets each, so that
+    fixed cost was paid per few hundred packets) is reduced to the two calls. The GIL is kept
+    throughout: a worker process has no other thread to give it to.
+    ``forwarder`` is an attribute: the worker replaces it when its neighbours change.
+    """
+    cdef list _rings
+    cdef list _batches
+    cdef void *_rp[MAX_RINGS]
+    cdef void *_bp[MAX_RINGS]
+    cdef int32_t _rin[MAX_RINGS]    # the sink's port of each ring's interface (-1: none)
+    cdef uint32_t _nr
+    cdef int _ep                        # epoll descriptor
+    cdef bint _has_ctl
+    cdef object _engine
+    cdef object _process                # engine.process, forwarder.forward (bound once)
+    cdef object _forwarder
+    cdef object _forward
+    cdef AfPacketSink _sink
+    cdef object _capture
+    cdef uint64_t[::1] _counts
+    cdef public uint64_t index          # packets read so far (the next packet's index)
+    cdef readonly uint64_t polls        # waits (epoll_wait calls)
+    cdef readonly uint64_t bursts
+
+    def __cinit__(self):
+        self._ep = -1
+
+    def __dealloc__(self):
+        if self._ep >= 0:
+            c_close(self._ep)
+            self._ep = -1
+
+    def __init__(self, rings, batches, engine, forwarder, AfPacketSink sink not None,
+                 uint64_t[::1] counts not None, int control_fd=-1, capture=None):
+        cdef uint32_t i, j
+        cdef RxRing r
+        cdef PacketBatch b
+        cdef epoll_event ev
+        rings = list(rings)
+        batches = list(batches)
+        if not 1 <= len(rings) <= MAX_RINGS:
+            raise ValueError(f"RingLoop takes 1 to {MAX_RINGS} rings")
+        if len(batches) != len(rings):
+            raise ValueError("one PacketBatch per ring")
+        if counts.shape[0] < 512:
+            raise ValueError("counts needs 512 slots")
+        self._nr = <uint32_t> len(rings)
+        for i in range(self._nr):
+            r = <RxRing?> rings[i]
+            b = <PacketBatch?> batches[i]
+            if b.capacity < 1:
+                raise ValueError("empty PacketBatch")
+            self._rp[i] = <void *> r
+            self._bp[i] = <void *> b
+        if self._ep < 0:
+            self._ep = epoll_create1(EPOLL_CLOEXEC)
+            if self._ep < 0:
+                raise OSError(errno, os.strerror(errno))
+        fds = [r.fileno() for r in rings] + ([control_fd] if control_fd >= 0 else [])
+        for i, fd in enumerate(fds):
+            ev.events = EPOLLIN
+            ev.data.u64 = i
+            if epoll_ctl(self._ep, EPOLL_CTL_ADD, fd, &ev) != 0:
+                raise OSError(errno, f"epoll_ctl on descriptor {fd}: {os.strerror(errno)}")
+        self._has_ctl = control_fd >= 0
+        self._rings = rings
+        self._batches = batches
+        self._engine = engine
+        self._process = engine.process
+        self.forwarder = forwarder
+        self._sink = sink
+        for i in range(self._nr):
+            self._rin[i] = -1
+            for j in range(sink._np):
+                if sink._eg[j].ifindex == (<RxRing> self._rp[i]).ifindex:
+                    self._rin[i] = <int32_t> j
+        self._counts = counts
+        self._capture = capture
+        self.index = 0
+
+    @property
+    def forwarder(self):
+        return self._forwarder
+
+    @forwarder.setter
+    def forwarder(self, fwd):
+        self._forward = fwd.forward
+        self._forwarder = fwd
+
+    cdef int _count(self, dec) except -1:
+        cdef Py_buffer view
+        cdef const decision_t *d
+        cdef Py_ssize_t n, i
+        cdef uint64_t *counts = &self._counts[0]
+        PyObject_GetBuffer(dec, &view, PyBUF_SIMPLE)
+        d = <const decision_t *> view.buf
+        n = view.len // sizeof(decision_t)
+        for i in range(n):
+            counts[((d[i].action & 7) << 6) | (d[i].reason & 63)] += 1
+        PyBuffer_Release(&view)
+        return 0
+
+    cdef int _burst(self, uint32_t i, uint32_t *got) except -1:
+        """One burst of ring i; got = packets read. Returns the blocks handed back."""
+        cdef RxRing ring = <RxRing> self._rp[i]
+        cdef PacketBatch batch = <PacketBatch> self._bp[i]
+        cdef uint32_t n, k
+        n = ring.fill(batch, 0, self.index)
+        got[0] = n
+        if n:
+            self.bursts += 1
+            self.index += n
+            batch.owner = ring
+            try:
+                if self._capture is not None:
+                    self._capture.write_batch(batch)
+                dec = self._process(batch)
+                self._count(dec)
+                self._sink._in_port = self._rin[i]
+                self._forward(batch, dec, 0, n, self._sink)
+            finally:
+                # the blocks go back to the kernel even when a stage raised
+                self._sink.flush_ports()
+                k = ring.release_blocks()
+            return <int> k
+        return <int> ring.release_blocks()
+
+    def drain(self, int max_bursts=64):
+        """Process what the rings hold, at most ``max_bursts`` bursts per ring (so requests and
+        housekeeping get their turn under a continuous load); returns the packet count."""
+        return self._drain(max_bursts)
+
+    cdef uint64_t _drain(self, int max_bursts) except? 0xffffffffffffffff:
+        cdef uint64_t total = 0
+        cdef uint32_t i, n
+        cdef int j, k
+        for i in range(self._nr):
+            for j in range(max_bursts):
+                k = self._burst(i, &n)
+                total += n
+                if n == 0 and k == 0:
+                    break
+        return total
+
+    def run(self, int timeout_ms, double interval_s, int max_bursts=64):
+        """Sweep the rings and poll() until: the control descriptor is readable (returns
+        True), ``interval_s`` has passed, a poll() of ``timeout_ms`` found nothing, or the sink
+        has news for the worker (a next hop without neighbour entry, more frames held for
+        one). Returns False in those other cases."""
+        cdef int64_t deadline = _mono_ns() + <int64_t> (interval_s * 1e9)
+        cdef uint32_t held = self._sink._nheld
+        cdef int r, i
+        cdef epoll_event evs[MAX_RINGS + 1]
+        cdef int64_t now
+        cdef int wait
+        while True:
+            self._drain(max_bursts)
+            now = _mono_ns()
+            if self._sink._nheld > held or self._sink._nmiss or now >= deadline:
+                return False
+            wait = timeout_ms
+            if wait < 0 or (deadline - now) // 1000000 + 1 < wait:
+                wait = <int> ((deadline - now) // 1000000 + 1)
+            r = epoll_wait(self._ep, evs, MAX_RINGS + 1, wait)
+            self.polls += 1
+            if r < 0:
+                if errno == EINTR:
+                    return False
+                raise OSError(errno, os.strerror(errno))
+            if r == 0 and wait == timeout_ms:
+                return False
+            if self._has_ctl:
+                for i in range(r):
+                    if evs[i].data.u64 == self._nr:
+                        return True

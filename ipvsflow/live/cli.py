@@ -73,7 +73,7 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
                         "--retire-ms of traffic, so the count bounds the stall a ring absorbs)")
     g.add_argument("--retire-ms", type=_positive_int, default=1,
                    help="hand a partly filled block to the director after this many ms (default 1)")
-    g.add_argument("--burst", type=_positive_int, default=256, help="packets per burst (default 256)")
+    g.add_argument("--burst", type=_positive_int, default=1024, help="packets per burst (default 1024)")
     g.add_argument("--tx", choices=("sendmmsg", "ring"), default="sendmmsg",
                    help="transmit with sendmmsg bursts (default) or a PACKET_TX_RING")
     g.add_argument("--qdisc-bypass", action="store_true", help="PACKET_QDISC_BYPASS on transmit")

@@ -53,7 +53,7 @@ class LiveOptions:
     block_size: int = 64 << 10
     block_count: int = 1024
     retire_ms: int = 1
-    burst: int = 256
+    burst: int = 1024
     tx_mode: str = "sendmmsg"
     qdisc_bypass: bool = False
     capture: Optional[str] = None
@@ -149,6 +149,9 @@ def aggregate(snaps: list) -> dict:
     agg["services"] = listing.merge_services([s["engine"]["services"] for s in snaps])
     agg["pids"] = [s.get("pid") for s in snaps]
     agg["per_worker_packets"] = [s["packets"] for s in snaps]
+    agg["loop"] = {}
+    for s in snaps:
+        add(agg["loop"], s.get("loop", {}))
     drops = {}
     for (action, reason), n in agg["decisions"].items():
         if action == "drop":
@@ -275,6 +278,7 @@ class Director:
             self.log("warning: " + note)
         routes = netlink.routes()
         neigh = netlink.usable_neighbours()
+        vlans = netlink.vlans()
         specs = []
         try:
             for w in range(o.workers):
@@ -283,7 +287,7 @@ class Director:
                     wid=w, rings=rings, ports=ports, burst=o.burst,
                     capture=capture_path(o.capture, w, o.workers) if o.capture else None,
                     dry_run=o.dry_run, max_conns=o.max_conns, dr_replies=o.dr_replies,
-                    routes=routes, neighbours=neigh))
+                    routes=routes, neighbours=neigh, vlans=vlans))
                 for name in o.ifaces:
                     fan = None
                     if o.workers > 1:
@@ -291,7 +295,8 @@ class Director:
                     rings.append(RxRing(name, block_size=o.block_size, block_count=o.block_count,
                                         retire_ms=o.retire_ms, promisc=o.promisc, fanout=fan))
                     ports.append(TxPort(name, mode=o.tx_mode, qdisc_bypass=o.qdisc_bypass,
-                                        queue=max(o.burst, 1)))
+                                        # one sendmmsg takes at most 1024 (UIO_MAXIOV) frames
+                                        queue=min(max(o.burst, 1), 1024)))
             if o.workers > 1:
                 self._fanout_rs = _rs_endpoints(self.cfg)
                 prog = _fanout.program(sorted(self._fanout_rs))

@@ -1,7 +1,7 @@
 """The director's kernel routing and neighbour tables, read over rtnetlink.
 
 Routes (the main table) and neighbours (ARP / NDP entries with a link-layer address) are dumped
-with RTM_GETROUTE / RTM_GETNEIGH; ``route_get`` asks the kernel which route it would use for one
+with RTM_GETROUTE / RTM_GETNEIGH, VLAN interfaces (their parent and VLAN id) with RTM_GETLINK; ``route_get`` asks the kernel which route it would use for one
 address. A missing neighbour is resolved the way the kernel's own forwarding would: by making
 the kernel send to the address (a zero-length UDP datagram to the discard port triggers ARP or
 neighbour solicitation), then re-reading the table. None of this needs privileges.
@@ -24,6 +24,16 @@ RTM_NEWROUTE = 24
 RTM_GETROUTE = 26
 RTM_NEWNEIGH = 28
 RTM_GETNEIGH = 30
+RTM_NEWLINK = 16
+RTM_GETLINK = 18
+IFLA_ADDRESS = 1
+IFLA_IFNAME = 3
+IFLA_LINK = 5
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+IFLA_VLAN_ID = 1
+IFLA_VLAN_PROTOCOL = 5
 RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
@@ -43,6 +53,7 @@ NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80   # reachable stale delay p
 _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _NDMSG = struct.Struct("=BBHiHBB")
+_IFINFO = struct.Struct("=BBHiII")
 
 
 class NetlinkError(OSError):
@@ -239,3 +250,37 @@ def resolve(targets: Iterable[tuple[str, int]], timeout: float = 3.0,
         time.sleep(0.02)
         scan()
     return {k: found.get(k) for k in want}
+
+
+def vlans() -> list[dict]:
+    """VLAN interfaces of this namespace: dicts with ``ifindex``, ``name``, ``parent`` (the
+    ifindex of the interface they are on), ``vid``, ``tpid`` (0x8100, or 0x88a8 for 802.1ad)
+    and ``mac`` (6 bytes)."""
+    out = []
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0)
+    for ty, payload in _request(RTM_GETLINK, NLM_F_DUMP, body):
+        if ty != RTM_NEWLINK or len(payload) < _IFINFO.size:
+            continue
+        ifindex = _IFINFO.unpack_from(payload, 0)[3]
+        v = {"ifindex": ifindex, "name": None, "parent": 0, "vid": None, "tpid": 0x8100, "mac": None}
+        kind = None
+        for t, val in _attrs(payload, _IFINFO.size, len(payload)):
+            if t == IFLA_IFNAME:
+                v["name"] = val.rstrip(b"\0").decode(errors="replace")
+            elif t == IFLA_ADDRESS and len(val) == 6:
+                v["mac"] = bytes(val)
+            elif t == IFLA_LINK and len(val) >= 4:
+                v["parent"] = struct.unpack_from("=i", val, 0)[0]
+            elif t == IFLA_LINKINFO:
+                for t2, v2 in _attrs(val, 0, len(val)):
+                    if t2 == IFLA_INFO_KIND:
+                        kind = v2.rstrip(b"\0").decode(errors="replace")
+                    elif t2 == IFLA_INFO_DATA:
+                        for t3, v3 in _attrs(v2, 0, len(v2)):
+                            if t3 == IFLA_VLAN_ID and len(v3) >= 2:
+                                v["vid"] = struct.unpack_from("=H", v3, 0)[0]
+                            elif t3 == IFLA_VLAN_PROTOCOL and len(v3) >= 2:
+                                v["tpid"] = struct.unpack_from("!H", v3, 0)[0]
+        if kind == "vlan" and v["vid"] is not None and v["parent"] and v["mac"] is not None:
+            out.append(v)
+    return out

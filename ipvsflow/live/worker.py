@@ -1,11 +1,11 @@
 """One live worker: its receive rings, its engine, its forwarder and its transmit ports.
 
-The loop reads each ring in bursts (zero copy into a PacketBatch), runs the engine over the
-burst, has the forwarder rewrite and write the frames into the AF_PACKET sink, transmits them,
-and only then hands the ring's blocks back to the kernel. Between bursts it answers the
-director's requests (rule changes, statistics, listings) arriving on its pipe, keeps the engine
-clock moving while idle (so connections expire on time), and keeps its copy of the kernel's
-routes and neighbours fresh, resolving next hops it found missing.
+The loop (``RingLoop``, in C) reads each ring in bursts (zero copy into a PacketBatch), runs the
+engine over the burst, has the forwarder rewrite and write the frames into the AF_PACKET sink,
+transmits them, and only then hands the ring's blocks back to the kernel. Between bursts it
+answers the director's requests (rule changes, statistics, listings) arriving on its pipe, keeps
+the engine clock moving while idle (so connections expire on time), and keeps its copy of the
+kernel's routes, neighbours and VLAN interfaces fresh, resolving next hops it found missing.
 """
 from __future__ import annotations
 
@@ -20,11 +20,10 @@ from typing import Optional
 import numpy as np
 
 from ipvsflow.config import ConfigError
-from ipvsflow.io.afpacket import Poller
 from ipvsflow.io.batch import PacketBatch
 from ipvsflow.live import netlink
 from ipvsflow.live import fanout as _fanout
-from ipvsflow.live._fast import AfPacketSink, count_decisions
+from ipvsflow.live._fast import AfPacketSink, RingLoop
 
 ROUTE_REFRESH_S = 5.0
 NEIGH_REFRESH_S = 5.0
@@ -34,7 +33,6 @@ ADVANCE_S = 0.25
 RS_CHECK_S = 1.0
 MAX_BURSTS = 64
 IDLE_MS = 100
-HOUSEKEEPING_S = 0.005
 
 
 @dataclass
@@ -50,6 +48,7 @@ class WorkerSpec:
     dr_replies: str = "ignore"
     routes: list = field(default_factory=list)
     neighbours: list = field(default_factory=list)
+    vlans: list = field(default_factory=list)         # netlink.vlans()
 
 
 class Worker:
@@ -62,6 +61,7 @@ class Worker:
         self.rings = spec.rings
         self.engine = Engine(config, max_conns=spec.max_conns, dr_replies=spec.dr_replies)
         self.sink = AfPacketSink(spec.ports, dry_run=spec.dry_run)
+        self.sink.set_vlans(spec.vlans)
         self.sink.set_routes(spec.routes)
         self.sink.set_neighbours(spec.neighbours)
         self._neigh = list(spec.neighbours)
@@ -70,18 +70,22 @@ class Worker:
         self._fwd_base = {}
         self._rs_macs: dict = {}
         self.fwd = None
+        self.loop = None
         self._rebuild_forwarder()
         self.batches = [PacketBatch(spec.burst) for _ in self.rings]
-        self.index = 0
         self.decisions = np.zeros(512, dtype=np.uint64)
         self.capture = None
         if spec.capture:
             from ipvsflow.io.writer import PcapWriter
             self.capture = PcapWriter(spec.capture, linktype=1)
+        self.loop = RingLoop(self.rings, self.batches, self.engine, self.fwd, self.sink,
+                             self.decisions, conn.fileno(), self.capture)
         self.pending_misses: dict = {}      # (addr, ifindex) -> give-up time
         self.last_route = self.last_neigh = time.monotonic()
         self.last_advance = 0.0
         self.last_rs_check = 0.0
+        self._due = 0.0
+        self.last_held_retry = 0.0
         self.running = True
 
     # -- neighbours and routes ---------------------------------------------------------------
@@ -114,6 +118,8 @@ class Worker:
         # the kernel's neighbour table is the authority: nothing is learned from the traffic
         self.fwd = self._Forwarder(self.engine, neighbours=macs, learn_neighbours=False)
         self._rs_macs = macs
+        if self.loop is not None:
+            self.loop.forwarder = self.fwd
 
     def refresh_neighbours(self):
         try:
@@ -135,6 +141,7 @@ class Worker:
 
     def refresh_routes(self):
         try:
+            self.sink.set_vlans(netlink.vlans())
             self.sink.set_routes(netlink.routes())
         except OSError as exc:
             print(f"ipvsflow worker {self.spec.wid}: reading routes: {exc}", file=sys.stderr)
@@ -156,46 +163,40 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        poller = Poller([r.fileno() for r in self.rings] + [self.conn.fileno()])
-        cbit = 1 << len(self.rings)
+        loop = self.loop
         sink = self.sink
-        last_hk = 0.0
         while self.running:
-            ready = poller.wait(IDLE_MS)
-            self.drain()
-            if ready & cbit:
+            # the rings are swept and polled in C; back here for requests, when housekeeping
+            # is due, or at once when the sink met a next hop without neighbour entry
+            held = sink.held
+            if loop.run(IDLE_MS, self._next_due(), MAX_BURSTS):
                 self._serve()
             now = time.monotonic()
-            # every few ms, or at once when frames wait for a neighbour
-            if now - last_hk >= HOUSEKEEPING_S or sink.held:
-                last_hk = now
+            if sink.misses or sink.held > held or now >= self._due:
                 self._housekeeping(now)
         self.finish()
         return 0
 
+    def _next_due(self) -> float:
+        """Seconds until the next periodic housekeeping step (see _housekeeping)."""
+        due = min(self.last_rs_check + RS_CHECK_S, self.last_advance + ADVANCE_S,
+                  self.last_route + ROUTE_REFRESH_S,
+                  self.last_neigh + (MISS_RETRY_S if self.pending_misses else NEIGH_REFRESH_S))
+        if self.sink.held:
+            # frames wait for a next hop: retried at least as often as the neighbours are read
+            due = min(due, self.last_held_retry + MISS_RETRY_S)
+        self._due = due
+        return max(0.0, due - time.monotonic())
+
+    @property
+    def index(self) -> int:
+        """Packets read so far."""
+        return self.loop.index
+
     def drain(self, max_bursts: int = MAX_BURSTS) -> int:
         """Process what the rings hold, at most ``max_bursts`` bursts per ring (so requests
         and housekeeping get their turn under a continuous load); returns the packet count."""
-        total = 0
-        eng, fwd, sink = self.engine, self.fwd, self.sink
-        cap = self.capture
-        counts = self.decisions
-        for ring, batch in zip(self.rings, self.batches):
-            for _ in range(max_bursts):
-                n = ring.read(batch, self.index)
-                if n:
-                    self.index += n
-                    total += n
-                    if cap is not None:
-                        cap.write_batch(batch)
-                    dec = eng.process(batch, 0, n)
-                    count_decisions(dec, counts)
-                    fwd.forward(batch, dec, 0, n, sink)
-                    sink.flush_ports()
-                k = ring.release()
-                if n == 0 and k == 0:
-                    break
-        return total
+        return self.loop.drain(max_bursts)
 
     def _housekeeping(self, now: float):
         if now - self.last_rs_check >= RS_CHECK_S:
@@ -216,6 +217,7 @@ class Worker:
                 for key in set(misses) & set(self.pending_misses):
                     netlink.trigger_resolution(*key)
         if self.sink.held:
+            self.last_held_retry = now
             self.sink.retry_held(time.time_ns(), int(MISS_GIVE_UP_S * 1e9))
         if now - self.last_advance >= ADVANCE_S:
             # expiry runs on the engine clock: keep it moving while no packets arrive
@@ -299,6 +301,7 @@ class Worker:
             "tx": {p.ifname: p.counters() for p in self.sink.ports},
             "sink": self.sink.counters(),
             "forward": self.forward_counters(),
+            "loop": {"bursts": self.loop.bursts, "polls": self.loop.polls},
             "decisions": [int(x) for x in self.decisions],
             "engine": self.engine.stats(),
             "conn_count": int(self.engine.conn_count),
