@@ -73,7 +73,7 @@ def packet_from_frame(ts_ns: int, frame: bytes, linktype: int = 1) -> Packet:
         return Packet(ts_ns=ts_ns, status="bad_ip", length=len(frame))
     if version == 4:
         af, src, dst, proto = 4, socket.inet_ntop(socket.AF_INET, ip.src), socket.inet_ntop(socket.AF_INET, ip.dst), ip.p
-        if ip.off & dpkt.ip.IP_OFFMASK:
+        if ip.offset:                      # fragment offset (bytes) of a non-first fragment
             return Packet(ts_ns=ts_ns, af=af, proto=proto, src=src, dst=dst, status="fragment",
                           length=len(frame))
         l4 = ip.data
