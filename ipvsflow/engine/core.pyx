@@ -1418,6 +1418,8 @@ cdef class Engine:
     cdef object _dec
     cdef decision_t *_decp
     cdef uint32_t _dec_cap
+    cdef object _view               # _dec[:_view_len], handed out again while the length repeats
+    cdef uint32_t _view_len
     cdef dict _variant
     cdef str _dr_replies
     cdef str _ct_model
@@ -1502,6 +1504,7 @@ cdef class Engine:
         self._dec = arr
         self._decp = <decision_t *>&raw[0]
         self._dec_cap = cap
+        self._view = None
         return 0
 
     cdef int _nf_alloc(self) except -1:
@@ -1580,8 +1583,9 @@ cdef class Engine:
         the next ``process`` call overwrites it (copy it to keep it).
         """
         cdef uint32_t n = batch.count
-        cdef Py_ssize_t s = 0 if start is None else int(start)
-        cdef Py_ssize_t t = n if stop is None else int(stop)
+        # exact ints (the usual case) convert directly; int() for anything else with __index__/__int__
+        cdef Py_ssize_t s = 0 if start is None else (start if type(start) is int else int(start))
+        cdef Py_ssize_t t = n if stop is None else (stop if type(stop) is int else int(stop))
         if s < 0 or t > n or s > t:
             raise ValueError(f"packet range [{start}, {stop}) is not within the batch's {n} packets")
         cdef uint32_t m = <uint32_t>(t - s)
@@ -1597,7 +1601,12 @@ cdef class Engine:
                 if marks != NULL:       # the firewall's prerouting marks, before IPVS sees the packets
                     classify_burst(marks, batch.pkts + s, m)
                 _process_burst(c, pk, m, out)
-        return self._dec[:m]
+        # the same view object while the length repeats: slicing a structured array costs as
+        # much per call as processing ~10 packets, and every view shows the same memory anyway
+        if self._view is None or self._view_len != m:
+            self._view = self._dec[:m]
+            self._view_len = m
+        return self._view
 
     def advance(self, int64_t ts_ns):
         """Move the clock to ``ts_ns`` (never backwards) and run what falls due: the pending
