@@ -152,3 +152,4 @@ ctypedef struct core_t:
     uint8_t key_out[KEY_RING]   # 1: that packet's source may be a NAT real server (out-lookup first)
     uint32_t *tpl_timeout       # per entry id: a template's timeout in s, its service's at creation
     uint64_t tpl_bytes          # size of the tpl_timeout mapping (NULL until a persistent service)
+    uint32_t key_hint[KEY_RING] # burst pipeline: the entry its peek found for that packet (CONN_NONE: none)

@@ -38,7 +38,7 @@ from ipvsflow.engine.conntab cimport (
     ct_key_hash_i as ct_key_hash, ct_lookup_in_i as ct_lookup_in, ct_lookup_out_i as ct_lookup_out,
     ct_prefetch_in_i as ct_prefetch_in, ct_prefetch_out_i as ct_prefetch_out,
     ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in, ct_peek_out_i as ct_peek_out,
-    ct_timer_set_i as ct_timer_set,
+    ct_timer_set_i as ct_timer_set, _ct_in_eq,
 )
 from ipvsflow.engine.services cimport (
     svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
@@ -1126,10 +1126,24 @@ cdef inline bint _fast_hit(core_t *c, const proto_ops *ops, const pkt_desc *p, u
     return True
 
 
-cdef inline void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, decision_t *d) noexcept nogil:
+cdef inline uint32_t _lookup_in_hinted(conntab *t, const conn_key *k, uint32_t hint) noexcept nogil:
+    # ct_lookup_in for a packet whose entry the burst pipeline has peeked: an index holds at
+    # most one in-hashed entry per in-key (an equal key takes over the slot and unflags the
+    # older entry), so a hint that is in-hashed under an equal key is what the probe would
+    # return. It saves the probe; a stale or colliding hint (the table changed since the
+    # peek, or another key had the same signature) fails the check and takes the lookup.
+    if (hint != CONN_NONE and (t.entries[hint].xflags & XF_IN_HASHED) != 0
+            and _ct_in_eq(t, hint, k)):
+        return hint
+    return ct_lookup_in(t, k)
+
+
+cdef inline void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, uint32_t hint,
+                                 decision_t *d) noexcept nogil:
     # key.hash != 0: the packet parsed, its protocol is modelled (so it is no ICMP error), and
-    # key is its hashed in-key (_stage_key). Inline: the fast path becomes part of the burst
-    # loop; everything else is in _process_general.
+    # key is its hashed in-key (_stage_key); hint: the entry its peek found (_stage_entry).
+    # Inline: the fast path becomes part of the burst loop; everything else is in
+    # _process_general.
     cdef uint32_t id = CONN_NONE
     cdef int direction = IP_VS_DIR_INPUT
     cdef bint in_done = False
@@ -1142,7 +1156,7 @@ cdef inline void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, de
                 id = ct_lookup_out(c.e.ct, key)
                 direction = IP_VS_DIR_OUTPUT
         elif likely(key.pa != 0):
-            id = ct_lookup_in(c.e.ct, key)
+            id = _lookup_in_hinted(c.e.ct, key, hint)
             in_done = True
         if likely(id != CONN_NONE) and likely(_fast_hit(c, &PROTOS[p.proto], p, id, direction, d)):
             return
@@ -1246,12 +1260,13 @@ cdef inline void _stage_entry(core_t *c, uint32_t r) noexcept nogil:
     # second stage: the entry the first lookup will find, from its slot prefetched
     # PF_SLOT_AHEAD - PF_ENTRY_AHEAD packets earlier. Only a hint: the real lookups run in
     # packet order.
-    cdef uint32_t id
+    cdef uint32_t id = CONN_NONE
     cdef const conn_key *k = &c.keys[r]
     if k.hash != 0:
         id = ct_peek_out(c.e.ct, k.hash) if c.key_out[r] else ct_peek_in(c.e.ct, k.hash)
         if id != CONN_NONE:
             ct_prefetch_entry(c.e.ct, id)
+    c.key_hint[r] = id
 
 
 cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t *out) noexcept nogil:
@@ -1273,7 +1288,7 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
             _stage_key(c, &pkts[j + PF_SLOT_AHEAD], (j + PF_SLOT_AHEAD) & KEY_RING_MASK)
         if j + PF_ENTRY_AHEAD < n:
             _stage_entry(c, (j + PF_ENTRY_AHEAD) & KEY_RING_MASK)
-        _process_packet(c, &pkts[j], &c.keys[j & KEY_RING_MASK], &out[j])
+        _process_packet(c, &pkts[j], &c.keys[j & KEY_RING_MASK], c.key_hint[j & KEY_RING_MASK], &out[j])
 
 
 # ---- decision dtype -----------------------------------------------------------------------------
