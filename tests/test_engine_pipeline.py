@@ -147,3 +147,39 @@ def test_prefetching_bursts_decide_as_single_packets():
     assert keyed[0] == keyed[1]
     for e in engines:
         e.check_invariants()
+
+
+def test_packets_right_after_a_reused_entry_find_its_replacement():
+    """The in-lookup starts from the entry the pipeline peeked several packets earlier. Here a
+    SYN reuses each connection's closed entry (the old entry expires, a new one takes its key)
+    and the connection's next two packets follow at once, so their peeks saw the old entry:
+    they must hit the new one, as the same packets taken one at a time do."""
+    engines = [Engine(_config(), max_conns=10_000), Engine(_config(), max_conns=10_000)]
+    batch = PacketBatch.from_packets([(T0, FRAME)] * BURST)
+    view = batch.to_numpy()
+    n = 80
+    conn = np.arange(BURST) % n
+    dr = np.zeros(BURST, bool)
+    ts = T0
+    for flags in (SYN, ACK, RST):            # established, then closed by a reset
+        _fill(view, conn, flags, ts + np.arange(BURST) * 1000, dr)
+        ts += 10**9
+        for eng in engines:
+            eng.process(batch, 0, n)
+    # SYN, ACK, ACK of each connection in a row
+    rows = np.arange(3 * n)
+    conn = np.concatenate([rows // 3, np.zeros(BURST - 3 * n, np.int64) + n])
+    flags = np.where(rows % 3 == 0, SYN, ACK)
+    flags = np.concatenate([flags, np.full(BURST - 3 * n, SYN)])
+    _fill(view, conn, flags, ts + np.arange(BURST) * 1000, np.zeros(BURST, bool))
+    whole = engines[0].process(batch, 0, 3 * n).copy()
+    single = np.concatenate([engines[1].process(batch, i, i + 1).copy() for i in range(3 * n)])
+    for name in whole.dtype.names:
+        np.testing.assert_array_equal(whole[name], single[name], err_msg=name)
+    syn, ack1, ack2 = whole[0::3], whole[1::3], whole[2::3]
+    assert (syn["reuse_of"] != 0).all() and (syn["conn"] != syn["reuse_of"]).all()
+    assert (ack1["action"] == 2).all() and (ack2["action"] == 2).all()
+    np.testing.assert_array_equal(ack1["conn"], syn["conn"])
+    np.testing.assert_array_equal(ack2["conn"], syn["conn"])
+    for e in engines:
+        e.check_invariants()
