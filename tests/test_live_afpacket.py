@@ -377,6 +377,44 @@ def test_sink_sends_dr_frames_to_the_servers_mac(veth):
     assert sink.counters()["no_route"] == 0
 
 
+def test_sink_follows_a_server_mac_that_moved_to_another_interface(veth):
+    # the sink remembers the last destination MAC's interface between frames: a new neighbour
+    # table must be obeyed from the next frame on
+    subprocess.run("ip link add v2 type veth peer name v3".split(), check=True)
+    for i in ("v2", "v3"):
+        subprocess.run(["ip", "link", "set", i, "up"], check=True)
+    ifx, ifx2 = socket.if_nametoindex("v0"), socket.if_nametoindex("v2")
+    own, peer = veth["v0"], veth["v1"]
+    rx1 = RxRing("v1", block_size=1 << 16, block_count=4, accept_otherhost=True)
+    rx3 = RxRing("v3", block_size=1 << 16, block_count=4, accept_otherhost=True)
+    sink = AfPacketSink([TxPort("v0"), TxPort("v2")])
+    rs_mac = bytes.fromhex("02000000aa12")
+    eng = Engine(parse_rules(RULES_DR))
+    fwd = Forwarder(eng, neighbours={"198.18.9.12": rs_mac}, learn_neighbours=False)
+    c = "203.0.113.9"
+
+    def syn(port):
+        return eth(own, peer, ipv4(c, "198.18.100.1", 6, tcp(c, "198.18.100.1", port, 80)))
+
+    sink.set_neighbours([("198.18.9.12", ifx, rs_mac)])
+    _forward(veth, eng, fwd, sink, [syn(4000), syn(4001)])
+    assert [r["sport"] for r, _ in read_all(rx1, want=2)] == [4000, 4001]
+    sink.set_neighbours([("198.18.9.12", ifx2, rs_mac)])
+    _forward(veth, eng, fwd, sink, [syn(4002)])
+    (row, data), = read_all(rx3, want=1)
+    assert row["sport"] == 4002 and data[:6] == rs_mac
+    assert data[6:12] == interface_info("v2")[2]           # the egress interface's own MAC
+    assert read_all(rx1) == []
+    # an address of the director's own (its interface's MAC) goes by the route again
+    sink.set_routes([{"dst": "198.18.100.0", "plen": 24, "ifindex": ifx, "gateway": None}])
+    sink.set_neighbours([("198.18.9.12", ifx2, rs_mac), ("198.18.100.1", ifx, bytes.fromhex("02000000aa13"))])
+    sink.set_vlans([{"ifindex": 4242, "parent": ifx2, "vid": 7, "mac": rs_mac}])
+    _forward(veth, eng, fwd, sink, [syn(4003)])
+    (row, data), = read_all(rx1, want=1)
+    assert row["sport"] == 4003 and data[:6] == bytes.fromhex("02000000aa13")
+    assert read_all(rx3) == []
+
+
 def test_dry_run_transmits_nothing(veth):
     ifx = socket.if_nametoindex("v0")
     rx = RxRing("v1", block_size=1 << 16, block_count=4)

@@ -197,14 +197,33 @@ cdef extern from *:
     static inline void ipvsflow_store_release(volatile uint32_t *p, uint32_t v) {
         __atomic_store_n(p, v, __ATOMIC_RELEASE);
     }
+    /* The lines of a packet slot ahead of the reader. The kernel wrote them on another CPU,
+       so each first touch is a cross-core miss the hardware prefetcher does not hide, and the
+       frame is rewritten in place later (forwarder, sink): fetched for writing (PREFETCHW),
+       a read now and a write later would cost a second cross-core round trip. */
+    static inline void ipvsflow_prefetchw(const uint8_t *p) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __asm__ volatile("prefetchw %0" : : "m"(*(const volatile uint8_t *) p));
+    #else
+        __builtin_prefetch(p, 1, 3);
+    #endif
+    }
+    static inline void ipvsflow_prefetch3(const uint8_t *p) {
+        ipvsflow_prefetchw(p);
+        ipvsflow_prefetchw(p + 64);
+        ipvsflow_prefetchw(p + 128);
+    }
     """
     int PACKET_FANOUT_FLAG_IGNORE_OUTGOING
     size_t IPVSFLOW_TPACKET_ALIGN(size_t x) nogil
     uint32_t ipvsflow_load_acquire(const uint32_t *p) nogil
     void ipvsflow_store_release(uint32_t *p, uint32_t v) nogil
+    void ipvsflow_prefetch3(const uint8_t *p) nogil
+    void ipvsflow_prefetchw(const uint8_t *p) nogil
 
 cdef enum:
     ETH_P_ALL = 0x0003
+    PREFETCH_AHEAD = 2048       # bytes ahead of the packet being read (14 slots of 60 B frames)
     LINKTYPE_ETHERNET = 1
     ARPHRD_ETHER = 1
 
@@ -507,6 +526,9 @@ cdef class RxRing:
         cdef pkt_desc *p
         cdef uint8_t pt
         cdef uint32_t i
+        cdef uint32_t partial = 0
+        cdef uint8_t *block_end = NULL
+        cdef uint8_t *pf
         if self.ring == NULL:
             b.count = n
             return 0
@@ -517,6 +539,7 @@ cdef class RxRing:
                 self.pend += 1
                 self.cur = (self.cur + 1) % self.block_count
             if not self.cur_open:
+                block_end = NULL
                 if self.pend >= self.block_count:
                     break           # every block is held by this burst
                 bd = _block(self.ring, self.block_size, self.cur)
@@ -525,8 +548,19 @@ cdef class RxRing:
                 self.cur_open = True
                 self.left = bd.hdr.bh1.num_pkts
                 self.next_pkt = <uint8_t *> bd + bd.hdr.bh1.offset_to_first_pkt
+                block_end = <uint8_t *> bd + self.block_size
+                pf = self.next_pkt
+                while pf < self.next_pkt + PREFETCH_AHEAD and pf + 64 <= block_end:
+                    ipvsflow_prefetchw(pf)
+                    pf += 64
                 continue
+            if block_end == NULL:
+                block_end = <uint8_t *> _block(self.ring, self.block_size, self.cur) + self.block_size
             h = <tpacket3_hdr *> self.next_pkt
+            # the block's packets lie one after the other: fetch a few slots ahead (not past
+            # the block, whose successor the kernel may still be writing)
+            if self.next_pkt + PREFETCH_AHEAD + 192 <= block_end:
+                ipvsflow_prefetch3(self.next_pkt + PREFETCH_AHEAD)
             self.next_pkt += h.tp_next_offset
             self.left -= 1
             sll = <sockaddr_ll *> (<uint8_t *> h + IPVSFLOW_TPACKET_ALIGN(sizeof(tpacket3_hdr)))
@@ -553,7 +587,11 @@ cdef class RxRing:
             p = &b.pkts[n]
             # checksum offload between namespaces (veth) leaves the L4 checksum for the
             # device to fill in; mark the packet, the checksum is completed after parsing
-            p.fwmark = 1 if (h.tp_status & TP_STATUS_CSUMNOTREADY) else 0
+            if h.tp_status & TP_STATUS_CSUMNOTREADY:
+                p.fwmark = 1
+                partial += 1
+            else:
+                p.fwmark = 0
             p.data = <const uint8_t *> h + h.tp_mac
             p.caplen = h.tp_snaplen
             p.wirelen = h.tp_len
@@ -565,11 +603,12 @@ cdef class RxRing:
             n += 1
         if n > start:
             parse_burst(b.pkts + start, n - start)
-            for i in range(start, n):
-                if b.pkts[i].fwmark:
-                    b.pkts[i].fwmark = 0
-                    self.csum_partial += 1
-                    _complete_csum(&b.pkts[i])
+            if partial:
+                for i in range(start, n):
+                    if b.pkts[i].fwmark:
+                        b.pkts[i].fwmark = 0
+                        self.csum_partial += 1
+                        _complete_csum(&b.pkts[i])
             self.packets += n - start
         b.count = n
         return n - start

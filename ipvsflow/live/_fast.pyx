@@ -170,6 +170,11 @@ cdef class AfPacketSink(PcapWriter):
     cdef int64_t _heldts[MAX_PENDING]
     cdef uint32_t _nheld
     cdef bint _holding
+    # the last destination MAC's egress (-1: own or unknown, the route decides): a burst's
+    # frames mostly go to one next hop. Forgotten whenever the tables change.
+    cdef uint64_t _last_mac
+    cdef int _last_port
+    cdef bint _last_ok
 
     def __init__(self, ports, bint dry_run=False):
         # deliberately not PcapWriter.__init__: nothing is written to a file
@@ -206,6 +211,7 @@ cdef class AfPacketSink(PcapWriter):
         self._nmiss = 0
         self._nheld = 0
         self._holding = True
+        self._last_ok = False
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -279,6 +285,7 @@ cdef class AfPacketSink(PcapWriter):
             n += 1
         free(self._eg)
         self._eg = t
+        self._last_ok = False
         self._neg = n
         self.set_routes(self._route_rows)
         self.set_neighbours(self._neigh_rows)
@@ -395,6 +402,7 @@ cdef class AfPacketSink(PcapWriter):
         free(self._macs)
         self._neigh = nt
         self._macs = mt
+        self._last_ok = False
         self._ncap = ncap
         self._mcap = ncap
         self._nneigh = count
@@ -411,12 +419,10 @@ cdef class AfPacketSink(PcapWriter):
             h = (h + 1) & (self._ncap - 1)
         return NULL
 
-    cdef int _mlookup(self, const uint8_t *mac) noexcept nogil:
-        cdef uint64_t mk
+    cdef int _mlookup(self, uint64_t mk) noexcept nogil:
         cdef uint32_t h
         if self._macs == NULL:
             return -1
-        mk = _mac64(mac)
         h = <uint32_t> _mix(mk) & (self._mcap - 1)
         while self._macs[h].used:
             if self._macs[h].mac == mk:
@@ -462,16 +468,24 @@ cdef class AfPacketSink(PcapWriter):
         cdef uint32_t i
         cdef bint own = False
         cdef const egress_t *eg
+        cdef uint64_t mk
         self._c[0] += 1
         if caplen < 14 or caplen != wirelen:
             self._c[8] += 1
             return 0
-        for i in range(self._neg):
-            if memcmp(f, self._eg[i].mac, 6) == 0:
-                own = True
-                break
-        if not own:
-            port = self._mlookup(f)
+        mk = _mac64(f)
+        if self._last_ok and mk == self._last_mac:
+            port = self._last_port
+        else:
+            for i in range(self._neg):
+                if memcmp(f, self._eg[i].mac, 6) == 0:
+                    own = True
+                    break
+            if not own:
+                port = self._mlookup(mk)
+            self._last_mac = mk
+            self._last_port = port
+            self._last_ok = True
         if port < 0:
             l3 = _l3_offset(f, caplen, &et)
             if et == 0x0800 and caplen >= l3 + 20:
@@ -518,7 +532,8 @@ cdef class AfPacketSink(PcapWriter):
             port = r.eg
         eg = &self._eg[port]
         memcpy(f + 6, eg.mac, 6)
-        f = self._set_vlan(f, &caplen, eg)
+        if eg.vtag or (f[12] == 0x81 and f[13] == 0x00) or (f[12] == 0x88 and f[13] == 0xa8):
+            f = self._set_vlan(f, &caplen, eg)
         if self.dry_run:
             self._c[2] += 1
             return 0
