@@ -6,6 +6,10 @@ output buffer; ``copy`` does only that memcpy (``Forwarder.copy_burst``) and is 
 methods are compared with. The sink is a NullSink (no file I/O). ``IPVSFLOW_FWD_PACKETS``
 sets the packets per round (default 262144), ``IPVSFLOW_FWD_PAYLOAD`` the L4 payload bytes
 (default 200). Figures go to ``extra_info``: ns/packet (CPU time) and the ratio to ``copy``.
+
+The ``*_live`` cases are the live director's traffic instead: 60-byte Ethernet/IPv4/UDP frames
+(valid UDP checksum) over 4096 flows in writable memory, as in the receive ring, so frames are
+rewritten in place (no copy; compare them with each other, not with ``copy``).
 """
 import os
 import time
@@ -32,6 +36,10 @@ RULES = """
 -a -t 10.0.0.200:80 -r 10.0.2.1:80 -g
 -A -t 10.0.0.201:80 -s rr
 -a -t 10.0.0.201:80 -r 10.0.3.1:80 -i
+-A -u 10.0.0.100:80 -s rr
+-a -u 10.0.0.100:80 -r 10.0.1.1:8080 -m
+-A -u 10.0.0.200:80 -s rr
+-a -u 10.0.0.200:80 -r 10.0.2.1:80 -g
 """
 E = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:fe")
 C, V = "192.0.2.10", "10.0.0.100"
@@ -56,7 +64,16 @@ CASES = {
     "tun_gue_csum4": (lambda i: Ether(**E) / IP(src=C, dst="10.0.0.201") / TCP(sport=1024 + i % 60000, dport=80, flags="A"),
                       dict(dir=1, fwd=2, rs=3, dport=80, vport=80, vaddr="10.0.0.201"),
                       {"tunnel": {"type": "gue", "port": 6080, "csum": True}}),
+    # live director traffic (see the module docstring): in place, 60-byte UDP frames
+    "nat_in_udp4_live": (lambda i: Ether(**E) / IP(src=C, dst=V, flags="DF") / UDP(sport=1024 + i, dport=80),
+                         dict(dir=1, fwd=0, rs=4, dport=8080, vport=80, vaddr=V),
+                         {"neighbours": {"10.0.1.1": "02:00:00:00:01:01"}, "learn_neighbours": False}),
+    "dr_udp4_live": (lambda i: Ether(**E) / IP(src=C, dst="10.0.0.200", flags="DF") / UDP(sport=1024 + i, dport=80),
+                     dict(dir=1, fwd=3, rs=5, dport=80, vport=80, vaddr="10.0.0.200"),
+                     {"neighbours": {"10.0.2.1": "02:00:00:00:02:01"}, "learn_neighbours": False}),
 }
+LIVE_FLOWS = 4096
+LIVE_PAYLOAD = 18           # 14 + 20 + 8 + 18 = 60 bytes, the live sender's frames
 
 
 def _bursts(build):
@@ -84,6 +101,24 @@ def _decisions(n, fields):
     return d
 
 
+def _live_bursts(build):
+    """PACKETS frames of LIVE_FLOWS flows cycled, in bursts of BURST, each burst in its own
+    writable memory (the forwarder rewrites them in place, as in the receive ring)."""
+    templates = [bytes(build(i) / (b"\xab" * LIVE_PAYLOAD)) for i in range(LIVE_FLOWS)]
+    out = []
+    for b0 in range(0, PACKETS, BURST):
+        n = min(BURST, PACKETS - b0)
+        raws = [templates[(b0 + i) % LIVE_FLOWS] for i in range(n)]
+        b = PacketBatch.from_packets([(10**18 + b0 + i, raws[i]) for i in range(n)])
+        buf = bytearray(b"".join(raws))
+        arr = b.to_numpy()
+        base = np.frombuffer(buf, dtype=np.uint8).ctypes.data
+        arr["data"][:n] = base + np.cumsum([0] + [len(r) for r in raws[:-1]])
+        b.owner = buf
+        out.append(b)
+    return out
+
+
 _cache = {}
 
 
@@ -92,7 +127,8 @@ def _setup(case):
         spec = CASES[case] or CASES["nat_in_tcp4"]
         build, fields, opts = spec
         # distinct flows, but the frames repeat per burst index: build one round of bursts
-        _cache[case] = (_bursts(build), _decisions(BURST, fields), opts)
+        _cache[case] = ((_live_bursts if case.endswith("_live") else _bursts)(build),
+                        _decisions(BURST, fields), opts)
     return _cache[case]
 
 
@@ -121,6 +157,8 @@ def test_forward_ns_per_packet(benchmark, case):
     if case != "copy":
         c = fw.counters
         assert c["forwarded"] == c["packets"] > 0 and c["dropped"] == 0
+        if case.endswith("_live"):
+            assert c["in_place"] == c["packets"]
     ns = cpu / PACKETS * 1e9
     _timings.setdefault(case, ns)
     benchmark.extra_info.update(packets=PACKETS, payload=PAYLOAD, ns_per_packet_cpu=round(ns, 1))

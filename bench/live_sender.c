@@ -1,14 +1,15 @@
 /* Packet blaster for the live benchmark: small Ethernet/IPv4/UDP frames, as fast as one core
  * allows, with sendmmsg bursts of 64 on an AF_PACKET socket (PACKET_QDISC_BYPASS).
  *
- *   live_sender IFACE DST_MAC SRC_IP DST_IP DST_PORT FLOWS SECONDS [PPS]
+ *   live_sender [--zero-csum] IFACE DST_MAC SRC_IP DST_IP DST_PORT FLOWS SECONDS [PPS]
  *
  * PPS (optional, 0 = unpaced) paces the bursts to that rate, so receivers can be compared at
  * one and the same rate (their CPU per packet depends on it: blocks retire on their timer with
  * fewer packets at lower rates).
  * FLOWS distinct source ports (from 1024) are cycled through, so the director sees FLOWS
  * connections. Frames are 60 bytes (no FCS): 14 Ethernet + 20 IPv4 + 8 UDP + 18 payload, with a
- * valid IPv4 header checksum and a zero UDP checksum. Prints one JSON line:
+ * valid IPv4 header checksum and a valid UDP checksum (--zero-csum: UDP checksum 0, "none",
+ * which makes a NAT director recompute it in full). Prints one JSON line:
  * {"sent": N, "seconds": S, "pps": P, "errors": E}.
  */
 #define _GNU_SOURCE
@@ -47,8 +48,16 @@ static int parse_mac(const char *t, uint8_t *m) {
 }
 
 int main(int argc, char **argv) {
+    int zero_csum = 0;
+    if (argc > 1 && strcmp(argv[1], "--zero-csum") == 0) {
+        zero_csum = 1;
+        argv[1] = argv[0];
+        argv++;
+        argc--;
+    }
     if (argc != 8 && argc != 9) {
-        fprintf(stderr, "usage: %s IFACE DST_MAC SRC_IP DST_IP DST_PORT FLOWS SECONDS [PPS]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--zero-csum] IFACE DST_MAC SRC_IP DST_IP DST_PORT FLOWS SECONDS [PPS]\n",
+                argv[0]);
         return 2;
     }
     const char *ifname = argv[1];
@@ -101,8 +110,18 @@ int main(int argc, char **argv) {
         u[0] = sport >> 8; u[1] = sport & 0xff;
         u[2] = dport >> 8; u[3] = dport & 0xff;
         u[4] = 0; u[5] = 26;
-        u[6] = 0; u[7] = 0;                         /* no UDP checksum (IPv4) */
+        u[6] = 0; u[7] = 0;                         /* 0: no UDP checksum (IPv4) */
         memset(u + 8, 0xab, 18);
+        if (!zero_csum) {
+            /* pseudo-header (addresses, protocol, UDP length) + UDP header and payload */
+            uint8_t ph[12 + 26];
+            memcpy(ph, ip + 12, 8);
+            ph[8] = 0; ph[9] = 17; ph[10] = 0; ph[11] = 26;
+            memcpy(ph + 12, u, 26);
+            c = csum(ph, sizeof(ph));
+            if (c == 0) c = 0xffff;                 /* a computed 0 is sent as 0xffff */
+            u[6] = c >> 8; u[7] = c & 0xff;
+        }
     }
     struct mmsghdr msgs[BURST];
     struct iovec iov[BURST];

@@ -42,8 +42,8 @@ cdef inline void set_addr(uint8_t *ip, uint8_t af, bint src, const uint8_t *addr
         wr16(ip + 10, csum_replace(rd16(ip + 10), old, na, 4))
 
 
-cdef void nat_rewrite(frame_t *fr, bint snat, const uint8_t *addr16, uint16_t port,
-                      uint64_t *cnt) noexcept nogil:
+cdef void nat_rewrite_any(frame_t *fr, bint snat, const uint8_t *addr16, uint16_t port,
+                          uint64_t *cnt) noexcept nogil:
     cdef uint8_t *ip = fr.f + fr.l3
     cdef uint8_t *l4
     cdef uint8_t olda[16]

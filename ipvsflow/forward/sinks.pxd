@@ -9,3 +9,6 @@ cdef class NullSink:
     cdef inline void take(self, uint32_t caplen) noexcept:
         self.packets += 1
         self.bytes_written += caplen
+    cdef inline void take_many(self, uint32_t n, uint64_t nbytes) noexcept:
+        self.packets += n
+        self.bytes_written += nbytes

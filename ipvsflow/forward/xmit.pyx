@@ -180,6 +180,11 @@ ctypedef struct fwd_state:
     uint16_t out_lt             # sink's link type, LT_ANY: the frame's own
     uint16_t local_lt
     uint8_t have_local
+    # last neighbour lookup (the next hop repeats across a burst): valid until the table
+    # changes (neigh_set may move the slots), so every neigh_set here clears nc_valid
+    uint8_t nc_valid
+    uint8_t nc_addr[16]
+    const uint8_t *nc_mac
 
 # numpy view of the full decision record (the engine's public dtype may omit the forwarding
 # fields); built from the C struct so offsets always agree.
@@ -236,6 +241,7 @@ cdef void _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
             return
         if _unicast_mac(mac) and _specified(p.src):
             neigh_set(s.neigh, p.src, mac, NEIGH_LEARNED)
+            s.nc_valid = 0
             memcpy(s.last_mac, mac, 6)
             memcpy(s.last_addr, p.src, 16)
             s.have_last = 1
@@ -250,7 +256,18 @@ cdef void _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
             memcpy(a + 12, d + o + 14, 4)
             if _unicast_mac(d + o + 8) and _specified(a):
                 neigh_set(s.neigh, a, d + o + 8, NEIGH_LEARNED)
+                s.nc_valid = 0
                 s.have_last = 0
+
+
+cdef inline const uint8_t *_neigh_lookup(fwd_state *s, const uint8_t *a) noexcept nogil:
+    """neigh_get, remembering the last answer (NULL included)."""
+    if s.nc_valid and memcmp(s.nc_addr, a, 16) == 0:
+        return s.nc_mac
+    s.nc_mac = neigh_get(s.neigh, a)
+    memcpy(s.nc_addr, a, 16)
+    s.nc_valid = 1
+    return s.nc_mac
 
 
 cdef inline void _drop(fwd_state *s, int reason) noexcept nogil:
@@ -323,7 +340,6 @@ cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
     cdef uint8_t *f
     cdef frame_t fr
     o.kind = OUT_NONE
-    s.cnt[C_PACKETS] += 1
     if s.learn:
         _learn(s, p)
     if act == ACT_DROP:
@@ -407,7 +423,7 @@ cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
     else:
         nh = p.dst
     if olt == 1 and not (post_nat and same_lt):
-        mac = neigh_get(s.neigh, nh)
+        mac = _neigh_lookup(s, nh)
         if mac == NULL and method == M_DR:
             _drop(s, C_NO_NEIGHBOUR)
             return
@@ -496,7 +512,6 @@ cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
     o.caplen = newlen
     o.ts_ns = p.ts_ns
     o.kind = OUT_FWD
-    s.cnt[C_FORWARDED] += 1
 
 
 # ---- the Python API -------------------------------------------------------------------------
@@ -631,6 +646,7 @@ cdef class Forwarder:
             a, _ = _addr16(ip, "neighbours")
             m = _mac_bytes(mac, f"neighbours[{ip!r}]")
             neigh_set(self.s.neigh, a, m, NEIGH_STATIC)
+            self.s.nc_valid = 0
         if director_mac is not None:
             m = _mac_bytes(director_mac, "director_mac")
             memcpy(self.s.dmac, <const char *> m, 6)
@@ -811,23 +827,32 @@ cdef class Forwarder:
         cdef out_rec *outs = st.outs
         cdef uint64_t before = st.cnt[C_FORWARDED]
         st.arena_pos = 0
+        cdef uint32_t nfwd = 0
+        cdef uint64_t nbytes = 0
+        st.nc_valid = 0
+        # packets and forwarded are counted per burst (forwarded: the OUT_FWD records)
+        st.cnt[C_PACKETS] += m
         with nogil:
             for i in range(m):
                 _forward_one(st, &pk[i], &dec[i], &outs[i])
+                nfwd += outs[i].kind == OUT_FWD
+        st.cnt[C_FORWARDED] += nfwd
         cdef out_rec *o
         for i in range(m):
             o = &outs[i]
             if o.kind == OUT_FWD:
                 if pw is not None:
                     pw.write_raw(o.data, o.caplen, o.wirelen, o.ts_ns)
-                elif ns is not None:
-                    ns.take(o.caplen)
+                else:
+                    nbytes += o.caplen
             elif o.kind == OUT_LOCAL:
                 if lpw is not None:
                     lpw.write_raw(o.data, o.caplen, o.wirelen, o.ts_ns)
                 else:
                     lns.take(o.caplen)
                 st.cnt[C_LOCAL_WRITTEN] += 1
+        if ns is not None and nfwd:
+            ns.take_many(nfwd, nbytes)
         return st.cnt[C_FORWARDED] - before
 
     cdef int _reserve(self, size_t need, uint32_t m) except -1:
