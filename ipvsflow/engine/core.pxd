@@ -128,6 +128,7 @@ cdef enum:
 cdef enum:
     PF_SLOT_AHEAD = 16
     PF_ENTRY_AHEAD = 8
+    PF_CTL_AHEAD = 2            # and the controlling template of the entry of packet j + 2
     KEY_RING = 32               # power of two > PF_SLOT_AHEAD
     KEY_RING_MASK = KEY_RING - 1
 
