@@ -966,12 +966,7 @@ cdef void _icmp(core_t *c, const pkt_desc *p, decision_t *d) noexcept nogil:
     if id == CONN_NONE and c.dr_inspect and e.dr_reply_inspection:
         id = _lookup_swapped_nonnat(c, &k)
     if id != CONN_NONE:
-        cp = &t.entries[id]
-        d.dir = DIR_OUT
-        _out_stats(e, cp, p)
-        d.action = ACT_HIT
-        _dec_entry(e, d, cp)
-        d.state = STATE_NONE
+        _icmp_reply_hit(e, &t.entries[id], p, d)
         return
     # ip_vs_in_icmp
     d.dir = DIR_IN
@@ -1020,6 +1015,15 @@ cdef void _icmp(core_t *c, const pkt_desc *p, decision_t *d) noexcept nogil:
     d.state = STATE_NONE
 
 
+cdef void _icmp_reply_hit(engine_t *e, conn_entry *cp, const pkt_desc *p, decision_t *d) noexcept nogil:
+    # an ICMP error forwarded in the reply direction of cp: out statistics, no state change
+    d.dir = DIR_OUT
+    _out_stats(e, cp, p)
+    d.action = ACT_HIT
+    _dec_entry(e, d, cp)
+    d.state = STATE_NONE
+
+
 cdef uint32_t _lookup_swapped(core_t *c, const conn_key *k) noexcept nogil:
     # the entry of the embedded client -> VIP tuple: in-index key (b, pb, a, pa)
     cdef conn_key k2
@@ -1051,13 +1055,10 @@ cdef void _icmp_front_reply(core_t *c, const pkt_desc *p, uint32_t id, decision_
     # otherwise it is one of the replies the director never sees.
     cdef engine_t *e = &c.e
     cdef conn_entry *cp = &e.ct.entries[id]
-    d.dir = DIR_OUT
     if (cp.flags & CF_FWD_MASK) == CF_MASQ:
-        _out_stats(e, cp, p)
-        d.action = ACT_HIT
-        _dec_entry(e, d, cp)
-        d.state = STATE_NONE
+        _icmp_reply_hit(e, cp, p, d)
         return
+    d.dir = DIR_OUT
     d.action = ACT_PASS
     d.reason = R_DR_REPLY_IGNORED if c.dr_inspect else R_DR_REPLY_NOT_SEEN
     d.old_state = cp.state
