@@ -7,7 +7,14 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from ipvsflow.engine.defs cimport engine_t
 from ipvsflow.engine.conntab cimport conn_entry, conn_key
-from ipvsflow.io.batch cimport pkt_desc
+from ipvsflow.engine.defs cimport decision_t
+from ipvsflow.io.batch cimport pkt_desc, PacketBatch
+
+# A burst through an Engine for C callers (the live loop), without a Python call per burst:
+# Engine._burst_entry() hands out a capsule of this function. Runs packets [0, m) of batch
+# (m <= batch.count) through ``engine`` (an Engine; checked) with its decisions into ``out``.
+ctypedef int (*engine_burst_fn)(object engine, PacketBatch batch, uint32_t m,
+                                decision_t *out) except -1
 
 # Direction of a state transition (IP_VS_DIR_*). INPUT_ONLY is chosen by the protocol itself
 # for entries that carry NOOUTPUT.

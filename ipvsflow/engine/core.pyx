@@ -52,6 +52,7 @@ from ipvsflow.engine.proto_sctp cimport sctp_register
 from ipvsflow.engine.proto_ah_esp cimport ah_esp_register, PORT_ISAKMP
 from ipvsflow.engine.classify cimport Classifier, mark_table, classify_burst
 from ipvsflow.io.batch cimport pkt_desc, PacketBatch
+from cpython.pycapsule cimport PyCapsule_New
 
 import functools
 import ipaddress
@@ -1433,6 +1434,13 @@ _DR_REPLIES = ("ignore", "inspect")
 
 # ---- the Python API ----------------------------------------------------------------------------
 
+cdef int _engine_burst(object engine, PacketBatch batch, uint32_t m, decision_t *out) except -1:
+    cdef Engine e = <Engine?> engine
+    if m > batch.count:
+        raise ValueError(f"{m} packets asked of a batch of {batch.count}")
+    return e._run(batch.pkts, m, out)
+
+
 cdef class Engine:
     """The IPVS connection engine.
 
@@ -1541,6 +1549,24 @@ cdef class Engine:
         self._view = None
         return 0
 
+    cdef int _run(self, const pkt_desc *pk, uint32_t m, decision_t *out) except -1:
+        # process()'s work: the firewall's prerouting marks (before IPVS sees the packets),
+        # then the burst pipeline
+        cdef core_t *c = self.c
+        cdef const mark_table *marks = NULL
+        if self._classifier is not None:
+            marks = &self._classifier.t
+        if m:
+            with nogil:
+                if marks != NULL:
+                    classify_burst(marks, <pkt_desc *> pk, m)
+                _process_burst(c, pk, m, out)
+        return 0
+
+    def _burst_entry(self):
+        """A capsule of the C entry (``core.pxd: engine_burst_fn``) for loops in C."""
+        return PyCapsule_New(<void *> _engine_burst, b"ipvsflow.engine_burst", NULL)
+
     cdef int _nf_alloc(self) except -1:
         # the netfilter-conntrack model's per-entry state, reserved like the entry slab
         # (untouched pages cost nothing)
@@ -1624,17 +1650,7 @@ cdef class Engine:
             raise ValueError(f"packet range [{start}, {stop}) is not within the batch's {n} packets")
         cdef uint32_t m = <uint32_t>(t - s)
         self._ensure_cap(m)
-        cdef const pkt_desc *pk = batch.pkts + s
-        cdef decision_t *out = self._decp
-        cdef core_t *c = self.c
-        cdef const mark_table *marks = NULL
-        if self._classifier is not None:
-            marks = &self._classifier.t
-        if m:
-            with nogil:
-                if marks != NULL:       # the firewall's prerouting marks, before IPVS sees the packets
-                    classify_burst(marks, batch.pkts + s, m)
-                _process_burst(c, pk, m, out)
+        self._run(batch.pkts + s, m, self._decp)
         # the same view object while the length repeats: slicing a structured array costs as
         # much per call as processing ~10 packets, and every view shows the same memory anyway
         if self._view is None or self._view_len != m:

@@ -47,6 +47,7 @@ from cpython.buffer cimport (
     PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE, PyBUF_WRITABLE,
 )
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.pycapsule cimport PyCapsule_New
 from libc.string cimport memcmp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, malloc, realloc, free
@@ -580,6 +581,17 @@ def _tunnel_spec(spec, what):
     return TUNNEL_TYPES[name], port, csum
 
 
+cdef Py_ssize_t _forward_burst(object fwd, PacketBatch batch, const decision_t *dec, uint32_t m,
+                               PcapWriter sink) except -1:
+    cdef Forwarder f = <Forwarder?> fwd
+    if m > batch.count:
+        raise ValueError(f"{m} packets asked of a batch of {batch.count}")
+    f.s.out_lt = LT_ANY if sink is None else f._sink_linktype(sink, "sink")
+    if m == 0:
+        return 0
+    return f._forward(batch, dec, 0, m, sink, None)
+
+
 cdef class Forwarder:
     """Rewrite and write out packets per the engine's decisions.
 
@@ -697,6 +709,10 @@ cdef class Forwarder:
             return <uint16_t> (<NullSink> sink)._linktype
         raise TypeError(f"{what} must be an ipvsflow PcapWriter or NullSink, not "
                         f"{type(sink).__name__}")
+
+    def _burst_entry(self):
+        """A capsule of the C entry (``xmit.pxd: forward_burst_fn``) for loops in C."""
+        return PyCapsule_New(<void *> _forward_burst, b"ipvsflow.forward_burst", NULL)
 
     def refresh_dests(self):
         """Re-read the engine's real servers (done automatically when a decision names a real

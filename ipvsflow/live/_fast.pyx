@@ -41,6 +41,9 @@ from ipvsflow.io.writer cimport PcapWriter
 from ipvsflow.io.afpacket cimport RxRing, TxPort
 from ipvsflow.io.batch cimport PacketBatch
 from ipvsflow.engine.defs cimport decision_t
+from ipvsflow.engine.core cimport engine_burst_fn
+from ipvsflow.forward.xmit cimport forward_burst_fn
+from cpython.pycapsule cimport PyCapsule_GetPointer
 
 cdef enum:
     MAX_PORTS = 64
@@ -771,17 +774,18 @@ cdef inline int64_t _mono_ns() noexcept nogil:
 
 
 cdef class RingLoop:
-    """A worker's receive loop over all its rings, in C but for two calls per burst.
+    """A worker's receive loop over all its rings, in C.
 
     ``RingLoop(rings, batches, engine, forwarder, sink, counts, control_fd, capture=None)``.
-    One burst of a ring: ``RxRing.fill`` into its batch, the capture (if any), one
-    ``engine.process`` call, the decisions counted into ``counts`` (512 slots, see
-    ``count_decisions``), one ``forwarder.forward`` call into ``sink``, the ports flushed, and
-    only then the ring's fully read blocks handed back to the kernel. ``run`` also waits for
+    One burst of a ring: ``RxRing.fill`` into its batch, the capture (if any), the engine over
+    the burst into the loop's own decision records, the decisions counted into ``counts`` (512
+    slots, see ``count_decisions``), the forwarder into ``sink``, the ports flushed, and only
+    then the ring's fully read blocks handed back to the kernel. The engine and the forwarder
+    are entered through their C entries (``Engine._burst_entry``, ``Forwarder._burst_entry``),
+    so a burst makes no Python call (a slow sender's blocks retire on their timer with few
+    packets each, and a fixed cost per burst is shared by only those). ``run`` also waits for
     the rings and the control descriptor (epoll: its cost does not grow with the number of
-    descriptors, unlike poll()'s). The per-wakeup and per-burst Python work the worker loop
-    used to do (a slow sender's blocks retire on their timer with few packets each, so that
-    fixed cost was paid per few hundred packets) is reduced to the two calls. The GIL is kept
+    descriptors, unlike poll()'s). The GIL is kept
     throughout: a worker process has no other thread to give it to.
     ``forwarder`` is an attribute: the worker replaces it when its neighbours change.
     """
@@ -794,9 +798,10 @@ cdef class RingLoop:
     cdef int _ep                        # epoll descriptor
     cdef bint _has_ctl
     cdef object _engine
-    cdef object _process                # engine.process, forwarder.forward (bound once)
+    cdef engine_burst_fn _eburst        # the C entries of the engine and the forwarder
     cdef object _forwarder
-    cdef object _forward
+    cdef forward_burst_fn _fburst
+    cdef decision_t *_dec               # one burst's decisions (the largest batch's capacity)
     cdef AfPacketSink _sink
     cdef object _capture
     cdef uint64_t[::1] _counts
@@ -811,6 +816,8 @@ cdef class RingLoop:
         if self._ep >= 0:
             c_close(self._ep)
             self._ep = -1
+        free(self._dec)
+        self._dec = NULL
 
     def __init__(self, rings, batches, engine, forwarder, AfPacketSink sink not None,
                  uint64_t[::1] counts not None, int control_fd=-1, capture=None):
@@ -847,9 +854,15 @@ cdef class RingLoop:
         self._has_ctl = control_fd >= 0
         self._rings = rings
         self._batches = batches
+        self._eburst = <engine_burst_fn> PyCapsule_GetPointer(engine._burst_entry(),
+                                                               b"ipvsflow.engine_burst")
         self._engine = engine
-        self._process = engine.process
         self.forwarder = forwarder
+        cap = max((<PacketBatch> self._bp[i]).capacity for i in range(self._nr))
+        free(self._dec)
+        self._dec = <decision_t *> calloc(cap, sizeof(decision_t))
+        if self._dec == NULL:
+            raise MemoryError()
         self._sink = sink
         for i in range(self._nr):
             self._rin[i] = -1
@@ -866,21 +879,16 @@ cdef class RingLoop:
 
     @forwarder.setter
     def forwarder(self, fwd):
-        self._forward = fwd.forward
+        self._fburst = <forward_burst_fn> PyCapsule_GetPointer(fwd._burst_entry(),
+                                                                b"ipvsflow.forward_burst")
         self._forwarder = fwd
 
-    cdef int _count(self, dec) except -1:
-        cdef Py_buffer view
-        cdef const decision_t *d
-        cdef Py_ssize_t n, i
+    cdef void _count(self, uint32_t n) noexcept:
+        cdef const decision_t *d = self._dec
+        cdef uint32_t i
         cdef uint64_t *counts = &self._counts[0]
-        PyObject_GetBuffer(dec, &view, PyBUF_SIMPLE)
-        d = <const decision_t *> view.buf
-        n = view.len // sizeof(decision_t)
         for i in range(n):
             counts[((d[i].action & 7) << 6) | (d[i].reason & 63)] += 1
-        PyBuffer_Release(&view)
-        return 0
 
     cdef int _burst(self, uint32_t i, uint32_t *got) except -1:
         """One burst of ring i; got = packets read. Returns the blocks handed back."""
@@ -896,10 +904,10 @@ cdef class RingLoop:
             try:
                 if self._capture is not None:
                     self._capture.write_batch(batch)
-                dec = self._process(batch)
-                self._count(dec)
+                self._eburst(self._engine, batch, n, self._dec)
+                self._count(n)
                 self._sink._in_port = self._rin[i]
-                self._forward(batch, dec, 0, n, self._sink)
+                self._fburst(self._forwarder, batch, self._dec, n, self._sink)
             finally:
                 # the blocks go back to the kernel even when a stage raised
                 self._sink.flush_ports()
