@@ -1,0 +1,132 @@
+"""NAT rewritten in place (the live director's case: frames rewritten where the receive ring
+holds them) gives the bytes and counters of the copying path, and every checksum recomputed
+from scratch (tests/forward_helpers.py, independent of ipvsflow's checksum code) is right.
+
+Random IPv4 TCP/UDP frames (scapy, valid checksums) in both directions, with IP options, VLAN
+tags, UDP checksums of 0xffff and TTLs down to 2; plus the UDP segment whose rewritten checksum
+computes to 0 and must go out as 0xffff."""
+import struct
+
+from hypothesis import given, settings, HealthCheck, strategies as st
+from scapy.all import Ether, Dot1Q, IP, TCP, UDP, IPOption_RR
+
+from forward_helpers import (
+    ACT_NEW, ACT_HIT, ACT_RESCHED, DIR_IN, DIR_OUT, CF_MASQ, RS, RS_NAT_TCP4, RS_NAT_UDP4,
+    addr16, batch_of, decisions, make_engine, check_accounting, check_all_checksums, l3_offset,
+    ones_sum, forward_to_file,
+)
+from ipvsflow.forward import Forwarder
+
+V4 = "10.0.0.100"
+CMAC, DMAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
+NEIGH = {"192.0.2.10": "02:00:00:00:00:0c", RS[RS_NAT_TCP4]: "02:00:00:00:01:01",
+         RS[RS_NAT_UDP4]: "02:00:00:00:01:02"}
+ipv4 = st.tuples(st.integers(1, 223), st.integers(0, 255), st.integers(0, 255),
+                 st.integers(1, 254)).map(lambda t: "%d.%d.%d.%d" % t)
+
+case = st.fixed_dictionaries({
+    "out": st.booleans(),                   # a real server's reply (DIR_OUT) or a client packet
+    "udp": st.booleans(),
+    "client": st.one_of(st.just("192.0.2.10"), ipv4),     # a reply's next hop: known or not
+    "cport": st.integers(1, 65535),
+    "vport": st.integers(1, 65535),
+    "rport": st.integers(1, 65535),
+    "ttl": st.integers(2, 255),
+    "options": st.booleans(),
+    "vlan": st.sampled_from([None, 10, 4094]),
+    "payload": st.binary(max_size=40),
+    "udp_csum_ffff": st.booleans(),
+    "action": st.sampled_from([ACT_NEW, ACT_HIT, ACT_RESCHED]),
+})
+
+
+def _frame(c):
+    rs = RS[RS_NAT_UDP4 if c["udp"] else RS_NAT_TCP4]
+    src, dst = (rs, c["client"]) if c["out"] else (c["client"], V4)
+    sport, dport = (c["rport"], c["cport"]) if c["out"] else (c["cport"], c["vport"])
+    ip = IP(src=src, dst=dst, ttl=c["ttl"], options=[IPOption_RR(routers=["0.0.0.0"])] if c["options"] else [])
+    l4 = UDP(sport=sport, dport=dport) if c["udp"] else TCP(sport=sport, dport=dport, flags="A")
+    l2 = Ether(src=CMAC, dst=DMAC) / Dot1Q(vlan=c["vlan"]) if c["vlan"] else Ether(src=CMAC, dst=DMAC)
+    raw = bytearray(bytes(l2 / ip / l4 / c["payload"]))
+    if c["udp"] and c["udp_csum_ffff"]:
+        # a computed 0 that was sent as 0xffff: both mean "sum is zero" to a receiver
+        off = l3_offset(bytes(raw), 1) + (20 + (8 if c["options"] else 0))
+        if raw[off + 6:off + 8] == b"\x00\x00":
+            raw[off + 6:off + 8] = b"\xff\xff"
+    return bytes(raw)
+
+
+def _run(frames, dec, in_place, tmp_path, name, **kw):
+    """(output frames, counters, the writable input buffer or None)."""
+    fw = Forwarder(make_engine(), neighbours=NEIGH, learn_neighbours=False, in_place=in_place, **kw)
+    if in_place:
+        b, buf = batch_of(frames, writable=True)
+    else:
+        b, buf = batch_of(frames), None
+    got, _, _ = forward_to_file(fw, b, dec, tmp_path / name)
+    return [f[3] for f in got], fw.counters, buf
+
+
+def _decisions(cases):
+    return decisions(len(cases), action=[c["action"] for c in cases],
+                     dir=[DIR_OUT if c["out"] else DIR_IN for c in cases], fwd=CF_MASQ,
+                     rs=[RS_NAT_UDP4 if c["udp"] else RS_NAT_TCP4 for c in cases],
+                     dport=[c["rport"] for c in cases], vport=[c["vport"] for c in cases], vaddr=V4)
+
+
+def _ip_of(frame):
+    return frame[l3_offset(frame, 1):]
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cases=st.lists(case, min_size=1, max_size=16),
+       director_mac=st.sampled_from([None, "02:00:00:00:00:dd"]))
+def test_in_place_equals_copy_and_checksums_hold(tmp_path, cases, director_mac):
+    frames = [_frame(c) for c in cases]
+    dec = _decisions(cases)
+    ip_outs, ip_c, buf = _run(frames, dec, True, tmp_path, "ip.pcap", director_mac=director_mac)
+    cp_outs, cp_c, _ = _run(frames, dec, False, tmp_path, "cp.pcap", director_mac=director_mac)
+    assert ip_outs == cp_outs
+    assert ip_c["in_place"] == len(cases) and ip_c["copied"] == 0
+    for k in ("forwarded", "nat_in", "nat_out", "dropped", "csum_skipped", "l2_unresolved"):
+        assert ip_c[k] == cp_c[k], k
+    check_accounting(ip_c)
+    assert bytes(buf) == b"".join(ip_outs)      # rewritten where they lay
+    for c, f, out in zip(cases, frames, ip_outs):
+        check_all_checksums(_ip_of(out))
+        ip = _ip_of(out)
+        assert ip[8] == c["ttl"] - 1
+        hl = (ip[0] & 15) * 4
+        sport, dport = struct.unpack("!HH", ip[hl:hl + 4])
+        if c["out"]:
+            assert ip[12:16] == addr16(V4)[12:] and sport == c["vport"]
+            nh = NEIGH.get(c["client"])
+        else:
+            rs = RS[RS_NAT_UDP4 if c["udp"] else RS_NAT_TCP4]
+            assert ip[16:20] == addr16(rs)[12:] and dport == c["rport"]
+            nh = NEIGH[rs]
+        if nh is None:
+            assert out[:12] == f[:12]           # next hop unresolved: counted, MACs left alone
+        else:
+            assert out[:6] == bytes.fromhex(nh.replace(":", ""))
+            assert out[6:12] == bytes.fromhex((director_mac or DMAC).replace(":", ""))
+        assert out[12:l3_offset(out, 1)] == f[12:l3_offset(f, 1)]     # VLAN tag kept
+
+
+def test_udp_checksum_that_computes_to_zero_goes_out_as_ffff(tmp_path):
+    rs = RS[RS_NAT_UDP4]
+    # choose two payload bytes so that the rewritten segment's sum is 0xffff (checksum 0)
+    seg = struct.pack("!HHHH", 5000, 5353, 10, 0)
+    pseudo = addr16("192.0.2.10")[12:] + addr16(rs)[12:] + struct.pack("!BBH", 0, 17, 10)
+    w = 0xffff - ones_sum(pseudo + seg + b"\0\0")
+    frame = bytes(Ether(src=CMAC, dst=DMAC) / IP(src="192.0.2.10", dst=V4, ttl=9)
+                  / UDP(sport=5000, dport=53) / struct.pack("!H", w))
+    dec = decisions(1, action=ACT_HIT, dir=DIR_IN, fwd=CF_MASQ, rs=RS_NAT_UDP4, dport=5353, vport=53,
+                    vaddr=V4)
+    outs, c, _ = _run([frame], dec, True, tmp_path, "ip.pcap")
+    out = _ip_of(outs[0])
+    assert c["in_place"] == 1
+    assert out[26:28] == b"\xff\xff"
+    check_all_checksums(out)
+    assert _run([frame], dec, False, tmp_path, "cp.pcap")[0] == outs
