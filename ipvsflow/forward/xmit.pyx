@@ -122,6 +122,26 @@ COUNTER_HELP = {
     "local_unwritable": "passed packets the local sink's link type cannot carry",
     "post_nat": "NAT replies already showing VIP:vport (captured after the director), kept",
 }
+cdef extern from *:
+    """
+    #include <string.h>
+    /* 16-bit words as they lie in memory, and a host-order value as it lies in a packet */
+    static inline uint16_t ipvsflow_ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+    static inline void ipvsflow_st16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    #define ipvsflow_net16(v) ((uint16_t)(v))
+    #define IPVSFLOW_TTL_ONE 0x100
+    #else
+    #define ipvsflow_net16(v) ((uint16_t)__builtin_bswap16((uint16_t)(v)))
+    #define IPVSFLOW_TTL_ONE 1
+    #endif
+    """
+    uint16_t ld16 "ipvsflow_ld16"(const uint8_t *p) noexcept nogil
+    void st16 "ipvsflow_st16"(uint8_t *p, uint16_t v) noexcept nogil
+    uint16_t net16 "ipvsflow_net16"(uint16_t v) noexcept nogil
+    const uint16_t TTL_ONE "IPVSFLOW_TTL_ONE"     # TTL - 1 in the word of TTL and protocol
+
+
 METHOD_COUNTERS = ("nat_in", "nat_out", "dr", "tun", "bypass", "routed")
 DROP_COUNTERS = ("engine_drop", "ttl_expired", "too_big", "no_neighbour", "no_tunnel_source",
                  "bad_decision", "linktype")
@@ -380,28 +400,31 @@ cdef inline bint _fast_nat4(fwd_state *s, const pkt_desc *p, const decision_t *d
         return False
     aoff = 12 if snat else 16
     poff = 0 if snat else 2
+    # The sums run on the 16-bit words as they lie in memory (one load each): a one's
+    # complement sum of byte-swapped words is the byte-swapped sum (RFC 1071 2(B)).
     # IP header: TTL - 1 and the address, one update of the header checksum
-    w8 = rd16(ip + 8)
-    sum = (~rd16(ip + 10) & 0xffff) + (~w8 & 0xffff) + <uint16_t> (w8 - 0x100)
-    sum += (~rd16(ip + aoff) & 0xffff) + rd16(addr + 12)
-    sum += (~rd16(ip + aoff + 2) & 0xffff) + rd16(addr + 14)
+    w8 = ld16(ip + 8)
+    sum = (~ld16(ip + 10) & 0xffff) + (~w8 & 0xffff) + <uint16_t> (w8 - TTL_ONE)
+    sum += (~ld16(ip + aoff) & 0xffff) + ld16(addr + 12)
+    sum += (~ld16(ip + aoff + 2) & 0xffff) + ld16(addr + 14)
     sum = (sum & 0xffff) + (sum >> 16)
     sum = (sum & 0xffff) + (sum >> 16)
     ip[8] -= 1
-    wr16(ip + 10, <uint16_t> (~sum & 0xffff))
+    st16(ip + 10, <uint16_t> (~sum & 0xffff))
     # L4: the address (pseudo-header) and the port
-    sum = (~rd16(l4 + ck) & 0xffff)
-    sum += (~rd16(ip + aoff) & 0xffff) + rd16(addr + 12)
-    sum += (~rd16(ip + aoff + 2) & 0xffff) + rd16(addr + 14)
-    sum += (~rd16(l4 + poff) & 0xffff) + port
+    port = net16(port)
+    sum = (~ld16(l4 + ck) & 0xffff)
+    sum += (~ld16(ip + aoff) & 0xffff) + ld16(addr + 12)
+    sum += (~ld16(ip + aoff + 2) & 0xffff) + ld16(addr + 14)
+    sum += (~ld16(l4 + poff) & 0xffff) + port
     sum = (sum & 0xffff) + (sum >> 16)
     sum = (sum & 0xffff) + (sum >> 16)
     sum = ~sum & 0xffff
     if sum == 0 and ck == 6:
         sum = 0xffff                # UDP: a computed 0 is sent as 0xffff (RFC 768)
-    wr16(l4 + ck, <uint16_t> sum)
+    st16(l4 + ck, <uint16_t> sum)
     memcpy(ip + aoff, addr + 12, 4)
-    wr16(l4 + poff, port)
+    st16(l4 + poff, port)
     if s.have_dmac:
         memcpy(f + 6, s.dmac, 6)
     else:
