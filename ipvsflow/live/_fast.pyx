@@ -104,8 +104,13 @@ cdef inline uint64_t _nhash(const uint8_t *a, uint32_t ifindex) noexcept nogil:
 
 
 cdef inline uint64_t _mac64(const uint8_t *m) noexcept nogil:
-    return ((<uint64_t> m[0] << 40) | (<uint64_t> m[1] << 32) | (<uint64_t> m[2] << 24) |
-            (<uint64_t> m[3] << 16) | (<uint64_t> m[4] << 8) | <uint64_t> m[5])
+    # a MAC as a table key: its 6 bytes in a word (two loads; the byte order is only ever
+    # compared with keys made here)
+    cdef uint32_t hi = 0
+    cdef uint16_t lo = 0
+    memcpy(&hi, m, 4)
+    memcpy(&lo, m + 4, 2)
+    return (<uint64_t> hi << 16) | lo
 
 
 cdef inline uint32_t _l3_offset(const uint8_t *f, uint32_t caplen, uint16_t *et) noexcept nogil:
