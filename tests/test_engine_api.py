@@ -512,3 +512,21 @@ def test_template_keeps_the_persistence_timeout_it_was_created_with():
     tpl = {r["caddr"]: r["expire"] for r in drv.conns(10.0) if r["template"]}
     assert tpl == {CLIENT: 300, "198.51.100.77": 60}
     eng.check_invariants()
+
+
+def test_prefault_commits_memory_and_changes_nothing():
+    fresh = engine(service(fwd=FWD_MASQ))
+    eng = engine(service(fwd=FWD_MASQ))
+    assert eng.prefault(1000) >= 1000 * eng.memory()["entry_bytes"]
+    assert eng.prefault(0) == 0
+    with pytest.raises(ValueError):
+        eng.prefault(-1)
+    assert eng.memory() == fresh.memory() and eng.stats()["conn_count"] == 0
+    # the same decisions as an engine that was not prefaulted
+    outs = []
+    for e in (fresh, eng):
+        drv = Driver(e)
+        for i in range(5):
+            drv.c2s(0.01 * i, "S", cport=3000 + i)
+        outs.append((e.stats()["totals"], [(d["addr"], d["activeconns"]) for d in e.dests()]))
+    assert outs[0] == outs[1]

@@ -112,6 +112,7 @@ cdef int64_t ct_timer_next(conntab *t) noexcept nogil                # earliest 
 cdef uint32_t ct_timer_pop(conntab *t, int64_t now_ns) noexcept nogil  # one due entry (deadline <= now) or CONN_NONE; disarms it
 
 # Introspection
+cdef uint64_t ct_prefault(conntab *t, uint64_t n) noexcept nogil                # commit the first n entries' memory now; bytes
 cdef uint64_t ct_index_bytes(conntab *t) noexcept nogil              # bytes held by both indexes and the timer structure
 
 

@@ -83,6 +83,17 @@ cdef extern from *:
     static inline int ct_clz64(uint64_t x) { return __builtin_clzll(x); }
     static inline int ct_ctz64(uint64_t x) { return __builtin_ctzll(x); }
     static inline uint64_t ct_page_size(void) { return (uint64_t)sysconf(_SC_PAGESIZE); }
+    #ifndef MADV_POPULATE_WRITE
+    #define MADV_POPULATE_WRITE 23
+    #endif
+    /* Commit [p, p + n) now: MADV_POPULATE_WRITE (Linux 5.14), else a write of what each page
+       holds (untouched anonymous memory reads as zero, so nothing changes). */
+    static inline void ct_populate(void *p, uint64_t n) {
+        uint64_t ps = ct_page_size(), i;
+        volatile unsigned char *c = (volatile unsigned char *)p;
+        if (madvise(p, n, MADV_POPULATE_WRITE) == 0) return;
+        for (i = 0; i < n; i += ps) c[i] = c[i];
+    }
     /* Anonymous zeroed memory, reserved without commitment; 2 MiB aligned when big so
        huge pages can back all of it. bytes: a multiple of the page size. */
     static inline void *ct_map(uint64_t bytes) {
@@ -128,6 +139,7 @@ cdef extern from *:
     uint64_t ct_page_size() noexcept nogil
     void *ct_map(uint64_t nbytes) noexcept nogil
     uint64_t ct_resident(void *p, uint64_t nbytes) noexcept nogil
+    void ct_populate(void *p, uint64_t nbytes) noexcept nogil
 
 
 # ---- constants ----------------------------------------------------------------------------
@@ -1133,6 +1145,19 @@ cdef uint32_t ct_timer_pop(conntab *t, int64_t now_ns) noexcept nogil:
     else:
         w.next_valid = 0
     return id
+
+
+cdef uint64_t ct_prefault(conntab *t, uint64_t n) noexcept nogil:
+    # the first-touch cost of the first n entries' memory (the kernel zeroing fresh, often
+    # huge, pages; in a VM the host backing them too: milliseconds) paid now, not by the
+    # first packets. Returns the bytes committed.
+    cdef uint64_t nbytes
+    if n > t.max_entries:
+        n = t.max_entries
+    nbytes = round_up(n * sizeof(conn_entry), ct_page_size())
+    if nbytes:
+        ct_populate(t.entries, nbytes)
+    return nbytes
 
 
 cdef uint64_t ct_index_bytes(conntab *t) noexcept nogil:

@@ -33,6 +33,7 @@ from ipvsflow.engine.conntab cimport (
     XF_USED, XF_IN_HASHED, XF_OUT_HASHED, XF_TIMER, XF_EXPIRE_LATER, XF_ENGINE1,
     ct_new, ct_free_table, ct_alloc, ct_release, ct_key_in_of,
     ct_hash_in, ct_hash_out, ct_unhash, ct_timer_del, ct_timer_next, ct_timer_pop, ct_index_bytes,
+    ct_prefault,
     # per-packet operations: the .pxd's inline versions (a cross-module call is an indirect
     # call that the C compiler cannot inline)
     ct_key_hash_i as ct_key_hash, ct_lookup_in_i as ct_lookup_in, ct_lookup_out_i as ct_lookup_out,
@@ -1817,6 +1818,18 @@ cdef class Engine:
     def counters(self):
         """Engine-level counters: timestamps that ran backwards, entries expired."""
         return {"ts_backwards": self.c.n_ts_backwards, "expired": self.c.n_expired}
+
+    def prefault(self, conns):
+        """Commit the memory of the first ``conns`` connection entries now, so the first
+        packets of a live director do not wait for the kernel to hand out fresh pages.
+        Returns the bytes committed (the connection table itself is unchanged)."""
+        conns = int(conns)
+        if conns < 0:
+            raise ValueError("conns must be >= 0")
+        cdef uint64_t n = <uint64_t> conns
+        with nogil:
+            n = ct_prefault(self.c.e.ct, n)
+        return n
 
     def memory(self):
         """Bytes per connection: the entry slab (80 B per id handed out) plus both indexes and

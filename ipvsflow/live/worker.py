@@ -32,6 +32,7 @@ MISS_GIVE_UP_S = 3.0
 ADVANCE_S = 0.25
 RS_CHECK_S = 1.0
 MAX_BURSTS = 64
+PREFAULT_CONNS = 1 << 16
 IDLE_MS = 100
 
 
@@ -60,6 +61,8 @@ class Worker:
         self.conn = conn
         self.rings = spec.rings
         self.engine = Engine(config, max_conns=spec.max_conns, dr_replies=spec.dr_replies)
+        # the entry slab's first pages now, not under the first packets (ms in a VM)
+        self.engine.prefault(PREFAULT_CONNS)
         self.sink = AfPacketSink(spec.ports, dry_run=spec.dry_run)
         self.sink.set_vlans(spec.vlans)
         self.sink.set_routes(spec.routes)
