@@ -128,6 +128,12 @@ cdef extern from *:
     /* 16-bit words as they lie in memory, and a host-order value as it lies in a packet */
     static inline uint16_t ipvsflow_ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
     static inline void ipvsflow_st16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+    static inline uint32_t ipvsflow_ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+    /* one's complement fold of a sum below 2^48 to 16 bits (not inverted) */
+    static inline uint32_t ipvsflow_fold16(uint64_t s) {
+        s = (s & 0xffff) + (s >> 16); s = (s & 0xffff) + (s >> 16); s = (s & 0xffff) + (s >> 16);
+        return (uint32_t)s;
+    }
     #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     #define ipvsflow_net16(v) ((uint16_t)(v))
     #define IPVSFLOW_TTL_ONE 0x100
@@ -137,6 +143,8 @@ cdef extern from *:
     #endif
     """
     uint16_t ld16 "ipvsflow_ld16"(const uint8_t *p) noexcept nogil
+    uint32_t ld32 "ipvsflow_ld32"(const uint8_t *p) noexcept nogil
+    uint32_t fold16 "ipvsflow_fold16"(uint64_t s) noexcept nogil
     void st16 "ipvsflow_st16"(uint8_t *p, uint16_t v) noexcept nogil
     uint16_t net16 "ipvsflow_net16"(uint16_t v) noexcept nogil
     const uint16_t TTL_ONE "IPVSFLOW_TTL_ONE"     # TTL - 1 in the word of TTL and protocol
@@ -204,6 +212,7 @@ ctypedef struct fwd_state:
     # last neighbour lookup (the next hop repeats across a burst): valid until the table
     # changes (neigh_set may move the slots), so every neigh_set here clears nc_valid
     uint8_t nc_valid
+    uint8_t fast_nat            # this burst may take _fast_nat4 (writable memory, Ethernet out)
     uint8_t nc_addr[16]
     const uint8_t *nc_mac
 
@@ -360,12 +369,13 @@ cdef inline bint _fast_nat4(fwd_state *s, const pkt_desc *p, const decision_t *d
     cdef uint8_t *ip
     cdef uint8_t *l4
     cdef uint16_t port, w8
-    cdef uint32_t sum, aoff, poff, ck
+    cdef uint32_t sum, aoff, poff, ck, olda, newa
+    cdef uint64_t acc
     cdef bint snat
-    if not ((act == ACT_HIT or act == ACT_NEW or act == ACT_RESCHED) and d.fwd == CF_MASQ and
+    if not (s.fast_nat and d.fwd == CF_MASQ and
+            (act == ACT_HIT or act == ACT_NEW or act == ACT_RESCHED) and
             p.status == OK and p.af == 4 and p.linktype == 1 and p.l3_off == p.l2_len and
             (p.proto == 6 or p.proto == 17) and p.l4_off != NO_OFF and p.ttl > 1 and
-            (s.out_lt == LT_ANY or s.out_lt == 1) and s.wbase != NULL and
             p.data >= s.wbase and p.data + p.caplen <= s.wbase + s.wlen):
         return False
     if s.mtu and p.l3_len > s.mtu:
@@ -400,26 +410,22 @@ cdef inline bint _fast_nat4(fwd_state *s, const pkt_desc *p, const decision_t *d
         return False
     aoff = 12 if snat else 16
     poff = 0 if snat else 2
-    # The sums run on the 16-bit words as they lie in memory (one load each): a one's
-    # complement sum of byte-swapped words is the byte-swapped sum (RFC 1071 2(B)).
+    # The sums run on the words as they lie in memory (one load each): a one's complement sum
+    # of byte-swapped words is the byte-swapped sum (RFC 1071 2(B)), and a 32-bit word adds
+    # its two 16-bit halves (2^16 = 1 mod 0xffff), folded at the end.
+    olda = ld32(ip + aoff)
+    newa = ld32(addr + 12)
     # IP header: TTL - 1 and the address, one update of the header checksum
     w8 = ld16(ip + 8)
-    sum = (~ld16(ip + 10) & 0xffff) + (~w8 & 0xffff) + <uint16_t> (w8 - TTL_ONE)
-    sum += (~ld16(ip + aoff) & 0xffff) + ld16(addr + 12)
-    sum += (~ld16(ip + aoff + 2) & 0xffff) + ld16(addr + 14)
-    sum = (sum & 0xffff) + (sum >> 16)
-    sum = (sum & 0xffff) + (sum >> 16)
+    acc = <uint64_t> (0xffff - ld16(ip + 10)) + (0xffff - w8) + <uint16_t> (w8 - TTL_ONE)
+    acc += <uint32_t> ~olda + <uint64_t> newa
     ip[8] -= 1
-    st16(ip + 10, <uint16_t> (~sum & 0xffff))
+    st16(ip + 10, <uint16_t> ~fold16(acc))
     # L4: the address (pseudo-header) and the port
     port = net16(port)
-    sum = (~ld16(l4 + ck) & 0xffff)
-    sum += (~ld16(ip + aoff) & 0xffff) + ld16(addr + 12)
-    sum += (~ld16(ip + aoff + 2) & 0xffff) + ld16(addr + 14)
-    sum += (~ld16(l4 + poff) & 0xffff) + port
-    sum = (sum & 0xffff) + (sum >> 16)
-    sum = (sum & 0xffff) + (sum >> 16)
-    sum = ~sum & 0xffff
+    acc = <uint64_t> (0xffff - ld16(l4 + ck)) + (0xffff - ld16(l4 + poff)) + port
+    acc += <uint32_t> ~olda + <uint64_t> newa
+    sum = ~fold16(acc) & 0xffff
     if sum == 0 and ck == 6:
         sum = 0xffff                # UDP: a computed 0 is sent as 0xffff (RFC 768)
     st16(l4 + ck, <uint16_t> sum)
@@ -964,6 +970,7 @@ cdef class Forwarder:
         cdef uint32_t nfwd = 0
         cdef uint64_t nbytes = 0
         st.nc_valid = 0
+        st.fast_nat = st.wbase != NULL and (st.out_lt == LT_ANY or st.out_lt == 1)
         # packets and forwarded are counted per burst (forwarded: the OUT_FWD records)
         st.cnt[C_PACKETS] += m
         with nogil:
