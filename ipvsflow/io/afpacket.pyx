@@ -518,89 +518,110 @@ cdef class RxRing:
         pass
 
     cdef uint32_t fill(self, PacketBatch b, uint32_t start, uint64_t first_index) noexcept nogil:
-        cdef uint32_t n = start
-        cdef uint32_t cap = b.capacity
+        cdef pkt_desc *p = b.pkts + start
+        cdef pkt_desc *p_end = b.pkts + b.capacity
         cdef tpacket_block_desc *bd
         cdef tpacket3_hdr *h
-        cdef sockaddr_ll *sll
-        cdef pkt_desc *p
-        cdef uint8_t pt
-        cdef uint32_t i
-        cdef uint32_t partial = 0
-        cdef uint8_t *block_end = NULL
+        cdef uint8_t *nxt
+        cdef uint8_t *block_end
         cdef uint8_t *pf
+        cdef uint8_t pt
+        cdef uint32_t i, n, left, st, snap, wlen
+        cdef uint32_t partial = 0
+        # The per-packet loop keeps its state in locals: stores into the descriptors may alias
+        # anything as far as the compiler knows (no strict aliasing), which would make it
+        # reload and store every RxRing field at each packet.
+        cdef uint64_t nbytes = 0
+        cdef uint64_t outgoing = 0
+        cdef uint64_t not_host = 0
+        cdef uint64_t truncated = 0
+        cdef uint64_t idx = first_index
+        cdef uint32_t ifindex = self.ifindex
+        cdef bint otherhost = self.accept_otherhost
+        cdef size_t sll_off = IPVSFLOW_TPACKET_ALIGN(sizeof(tpacket3_hdr))
         if self.ring == NULL:
-            b.count = n
+            b.count = start
             return 0
-        while n < cap:
+        while p < p_end:
             if self.cur_open and self.left == 0:
                 # block fully read: handed back by release_blocks() once the burst is processed
                 self.cur_open = False
                 self.pend += 1
                 self.cur = (self.cur + 1) % self.block_count
+            bd = _block(self.ring, self.block_size, self.cur)
+            block_end = <uint8_t *> bd + self.block_size
             if not self.cur_open:
-                block_end = NULL
                 if self.pend >= self.block_count:
                     break           # every block is held by this burst
-                bd = _block(self.ring, self.block_size, self.cur)
                 if not (ipvsflow_load_acquire(&bd.hdr.bh1.block_status) & TP_STATUS_USER):
                     break
                 self.cur_open = True
                 self.left = bd.hdr.bh1.num_pkts
                 self.next_pkt = <uint8_t *> bd + bd.hdr.bh1.offset_to_first_pkt
-                block_end = <uint8_t *> bd + self.block_size
                 pf = self.next_pkt
                 while pf < self.next_pkt + PREFETCH_AHEAD and pf + 64 <= block_end:
                     ipvsflow_prefetchw(pf)
                     pf += 64
-                continue
-            if block_end == NULL:
-                block_end = <uint8_t *> _block(self.ring, self.block_size, self.cur) + self.block_size
-            h = <tpacket3_hdr *> self.next_pkt
-            # the block's packets lie one after the other: fetch a few slots ahead (not past
-            # the block, whose successor the kernel may still be writing)
-            if self.next_pkt + PREFETCH_AHEAD + 192 <= block_end:
-                ipvsflow_prefetch3(self.next_pkt + PREFETCH_AHEAD)
-            self.next_pkt += h.tp_next_offset
-            self.left -= 1
-            sll = <sockaddr_ll *> (<uint8_t *> h + IPVSFLOW_TPACKET_ALIGN(sizeof(tpacket3_hdr)))
-            pt = sll.sll_pkttype
-            if pt != PACKET_HOST:
-                if pt == PACKET_OUTGOING:
-                    self.outgoing += 1
+            left = self.left
+            nxt = self.next_pkt
+            while left and p < p_end:
+                h = <tpacket3_hdr *> nxt
+                # the block's packets lie one after the other: fetch a few slots ahead (not
+                # past the block, whose successor the kernel may still be writing)
+                if nxt + PREFETCH_AHEAD + 192 <= block_end:
+                    ipvsflow_prefetch3(nxt + PREFETCH_AHEAD)
+                nxt += h.tp_next_offset
+                left -= 1
+                pt = (<sockaddr_ll *> (<uint8_t *> h + sll_off)).sll_pkttype
+                if pt != PACKET_HOST:
+                    if pt == PACKET_OUTGOING:
+                        outgoing += 1
+                        continue
+                    if not (pt == PACKET_OTHERHOST and otherhost):
+                        not_host += 1
+                        continue
+                snap = h.tp_snaplen
+                wlen = h.tp_len
+                st = h.tp_status
+                if snap < wlen:
+                    truncated += 1
                     continue
-                if not (pt == PACKET_OTHERHOST and self.accept_otherhost):
-                    self.not_host += 1
-                    continue
-            if h.tp_snaplen < h.tp_len:
-                self.truncated += 1
-                continue
-            if h.tp_status & TP_STATUS_VLAN_VALID:
-                # the kernel moved the outer VLAN tag into the header: back into the frame (the
-                # ring leaves room before it), so parsing, the capture and the forwarded frame
-                # carry the VLAN the packet came in on
-                if h.tp_mac < IPVSFLOW_TPACKET_ALIGN(sizeof(tpacket3_hdr)) + sizeof(sockaddr_ll) + 4:
-                    self.vlan_no_room += 1
-                    continue
-                _restore_vlan(h)
-                self.vlan_restored += 1
-            p = &b.pkts[n]
-            # checksum offload between namespaces (veth) leaves the L4 checksum for the
-            # device to fill in; mark the packet, the checksum is completed after parsing
-            if h.tp_status & TP_STATUS_CSUMNOTREADY:
-                p.fwmark = 1
-                partial += 1
-            else:
-                p.fwmark = 0
-            p.data = <const uint8_t *> h + h.tp_mac
-            p.caplen = h.tp_snaplen
-            p.wirelen = h.tp_len
-            p.ts_ns = <int64_t> h.tp_sec * 1000000000 + h.tp_nsec
-            p.index = first_index + (n - start)
-            p.ifindex = self.ifindex
-            p.linktype = LINKTYPE_ETHERNET
-            self.bytes += h.tp_len
-            n += 1
+                if st & (TP_STATUS_VLAN_VALID | TP_STATUS_CSUMNOTREADY):
+                    if st & TP_STATUS_VLAN_VALID:
+                        # the kernel moved the outer VLAN tag into the header: back into the
+                        # frame (the ring leaves room before it), so parsing, the capture and
+                        # the forwarded frame carry the VLAN the packet came in on
+                        if h.tp_mac < sll_off + sizeof(sockaddr_ll) + 4:
+                            self.vlan_no_room += 1
+                            continue
+                        _restore_vlan(h)
+                        self.vlan_restored += 1
+                        snap = h.tp_snaplen
+                        wlen = h.tp_len
+                    # checksum offload between namespaces (veth) leaves the L4 checksum for
+                    # the device to fill in; mark the packet, the checksum is completed after
+                    # parsing
+                    p.fwmark = (st & TP_STATUS_CSUMNOTREADY) != 0
+                    partial += p.fwmark
+                else:
+                    p.fwmark = 0
+                p.data = <const uint8_t *> h + h.tp_mac
+                p.caplen = snap
+                p.wirelen = wlen
+                p.ts_ns = <int64_t> h.tp_sec * 1000000000 + h.tp_nsec
+                p.index = idx
+                p.ifindex = ifindex
+                p.linktype = LINKTYPE_ETHERNET
+                nbytes += wlen
+                idx += 1
+                p += 1
+            self.left = left
+            self.next_pkt = nxt
+        n = <uint32_t> (p - b.pkts)
+        self.bytes += nbytes
+        self.outgoing += outgoing
+        self.not_host += not_host
+        self.truncated += truncated
         if n > start:
             parse_burst(b.pkts + start, n - start)
             if partial:
