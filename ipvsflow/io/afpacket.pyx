@@ -36,7 +36,7 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAI
 from posix.unistd cimport close
 
 from ipvsflow.io.batch cimport PacketBatch, pkt_desc
-from ipvsflow.io.parse cimport parse_burst
+from ipvsflow.io.parse cimport parse_eth_ipv4_fast_at, parse_full, fast4_template
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -526,7 +526,7 @@ cdef class RxRing:
         cdef uint8_t *block_end
         cdef uint8_t *pf
         cdef uint8_t pt
-        cdef uint32_t i, n, left, st, snap, wlen
+        cdef uint32_t n, left, st, snap, wlen
         cdef uint32_t partial = 0
         # The per-packet loop keeps its state in locals: stores into the descriptors may alias
         # anything as far as the compiler knows (no strict aliasing), which would make it
@@ -539,6 +539,7 @@ cdef class RxRing:
         cdef uint32_t ifindex = self.ifindex
         cdef bint otherhost = self.accept_otherhost
         cdef size_t sll_off = IPVSFLOW_TPACKET_ALIGN(sizeof(tpacket3_hdr))
+        cdef const pkt_desc *fast4 = fast4_template()
         if self.ring == NULL:
             b.count = start
             return 0
@@ -598,13 +599,7 @@ cdef class RxRing:
                         self.vlan_restored += 1
                         snap = h.tp_snaplen
                         wlen = h.tp_len
-                    # checksum offload between namespaces (veth) leaves the L4 checksum for
-                    # the device to fill in; mark the packet, the checksum is completed after
-                    # parsing
-                    p.fwmark = (st & TP_STATUS_CSUMNOTREADY) != 0
-                    partial += p.fwmark
-                else:
-                    p.fwmark = 0
+                p.fwmark = 0
                 p.data = <const uint8_t *> h + h.tp_mac
                 p.caplen = snap
                 p.wirelen = wlen
@@ -612,6 +607,15 @@ cdef class RxRing:
                 p.index = idx
                 p.ifindex = ifindex
                 p.linktype = LINKTYPE_ETHERNET
+                # parsed here, while the frame's lines are still in the cache
+                # (wire length: snap, as snap >= tp_len here)
+                if not parse_eth_ipv4_fast_at(p, fast4, <const uint8_t *> h + h.tp_mac, snap, snap):
+                    parse_full(p)
+                if st & TP_STATUS_CSUMNOTREADY:
+                    # checksum offload between namespaces (veth) leaves the L4 checksum for
+                    # the device to fill in: completed now, so what is forwarded carries it
+                    partial += 1
+                    _complete_csum(p)
                 nbytes += wlen
                 idx += 1
                 p += 1
@@ -622,15 +626,8 @@ cdef class RxRing:
         self.outgoing += outgoing
         self.not_host += not_host
         self.truncated += truncated
-        if n > start:
-            parse_burst(b.pkts + start, n - start)
-            if partial:
-                for i in range(start, n):
-                    if b.pkts[i].fwmark:
-                        b.pkts[i].fwmark = 0
-                        self.csum_partial += 1
-                        _complete_csum(&b.pkts[i])
-            self.packets += n - start
+        self.csum_partial += partial
+        self.packets += n - start
         b.count = n
         return n - start
 

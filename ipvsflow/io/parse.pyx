@@ -40,14 +40,6 @@ FAST4.src[11] = 0xff
 FAST4.dst[10] = 0xff
 FAST4.dst[11] = 0xff
 
-cdef inline uint16_t rd16(const uint8_t *b) noexcept nogil:
-    return <uint16_t> ((<uint16_t> b[0] << 8) | b[1])
-
-
-cdef inline uint32_t rd32(const uint8_t *b) noexcept nogil:
-    return (<uint32_t> b[0] << 24) | (<uint32_t> b[1] << 16) | (<uint32_t> b[2] << 8) | b[3]
-
-
 cdef inline void set_v4(uint8_t *dst, const uint8_t *a) noexcept nogil:
     # dst was zeroed by the reset; only the ::ffff: marker and the 4 address bytes are written.
     dst[10] = 0xff
@@ -337,68 +329,6 @@ cdef inline void parse_ipv6(pkt_desc *p, const uint8_t *d, uint32_t off, uint32_
     parse_l4(p, d, pos, ipend, n)
 
 
-cdef inline bint parse_eth_ipv4_fast(pkt_desc *p) noexcept nogil:
-    """The common case in a straight line: Ethernet (no VLAN tag), IPv4 without options and
-    not a fragment, a complete UDP or TCP header. Writes every parser field, exactly what the
-    full parser would, and returns 1; returns 0 (nothing written) for anything else.
-    Every header byte is loaded before the first store: p's fields may alias the frame as far
-    as the compiler knows, so a store in between would force the loads again."""
-    cdef const uint8_t *d = p.data
-    cdef uint32_t n = p.caplen
-    cdef uint32_t wire = p.wirelen if p.wirelen > p.caplen else p.caplen
-    cdef uint32_t tot, lim, ulen, doff, status = OK
-    cdef uint32_t sa, da
-    cdef uint16_t sport, dport, frag_id
-    cdef uint8_t proto, ttl, flags = 0
-    if p.linktype != 1 or n < 14 + 20 + 8:
-        return 0
-    # ethertype 0x0800, version 4 with IHL 5 (d[12..14] = 08 00 45)
-    if (rd32(d + 12) >> 8) != 0x080045:
-        return 0
-    tot = rd16(d + 16)
-    # no fragment bits (DF allowed), a total length that holds the header and fits the frame
-    if (rd16(d + 20) & 0x3fff) or tot < 20 or 14 + tot > wire:
-        return 0
-    proto = d[23]
-    lim = 14 + tot if 14 + tot < n else n
-    if proto == 17:
-        if lim < 14 + 20 + 8:
-            return 0
-        ulen = rd16(d + 38)
-        if ulen < 8 or ulen > tot - 20:
-            status = BAD_L4_HDR
-    elif proto == 6:
-        if lim < 14 + 20 + 20:
-            return 0
-        flags = d[47]
-        doff = (<uint32_t> d[46] >> 4) << 2
-        if doff < 20 or doff > tot - 20:
-            status = BAD_L4_HDR
-    else:
-        return 0
-    sport = rd16(d + 34)
-    dport = rd16(d + 36)
-    ttl = d[22]
-    frag_id = rd16(d + 18)
-    memcpy(&sa, d + 26, 4)
-    memcpy(&da, d + 30, 4)
-    # the fields this case always has, then the ones read from the packet
-    memcpy(<char *> &p.status, <const char *> &FAST4.status,
-           sizeof(pkt_desc) - <size_t> (<char *> &FAST4.status - <char *> &FAST4))
-    p.status = <uint16_t> status
-    p.l3_len = <uint16_t> tot
-    p.l4_len = <uint16_t> (tot - 20)
-    p.sport = sport
-    p.dport = dport
-    p.proto = proto
-    p.tcp_flags = flags
-    p.ttl = ttl
-    p.frag_id = frag_id
-    memcpy(p.src + 12, &sa, 4)
-    memcpy(p.dst + 12, &da, 4)
-    return 1
-
-
 cdef void parse_full(pkt_desc *p) noexcept nogil:
     cdef const uint8_t *d = p.data
     cdef uint32_t n = p.caplen
@@ -504,8 +434,12 @@ cdef void parse_full(pkt_desc *p) noexcept nogil:
         parse_ipv6(p, d, off, n, wire)
 
 
+cdef const pkt_desc *fast4_template() noexcept nogil:
+    return &FAST4
+
+
 cdef void parse_packet(pkt_desc *p) noexcept nogil:
-    if not parse_eth_ipv4_fast(p):
+    if not parse_eth_ipv4_fast(p, &FAST4):
         parse_full(p)
 
 
