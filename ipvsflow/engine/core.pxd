@@ -139,6 +139,14 @@ cdef enum:
     KEY_RING = 32               # power of two > PF_SLOT_AHEAD
     KEY_RING_MASK = KEY_RING - 1
 
+# A packet's place in the burst pipeline, one cache line: what the stages ahead of it found.
+ctypedef struct key_slot:
+    conn_key key                # its hashed in-key (the out-key of a real server's reply has the same fields)
+    uint32_t hint               # the entry its peek found (CONN_NONE: none)
+    uint8_t rs                  # 1: its source passes the real-server prefilter (rs_filter)
+    uint8_t out                 # 1: its first lookup is in the out index (rs and NAT entries hashed)
+    uint8_t _pad[14]
+
 # The engine's C state: the shared engine_t plus what only the core needs.
 ctypedef struct core_t:
     engine_t e
@@ -156,8 +164,6 @@ ctypedef struct core_t:
     int64_t next_due            # lower bound of the earliest timer deadline (saves a call per packet)
     nf_state *nf                # CT_MODEL_TRACKER: one per entry id (NULL until conntrack is on)
     uint64_t nf_bytes           # size of the nf mapping
-    conn_key keys[KEY_RING]     # burst pipeline: hashed in-keys of the packets ahead
-    uint8_t key_out[KEY_RING]   # 1: that packet's source may be a NAT real server (out-lookup first)
+    key_slot ring[KEY_RING]     # burst pipeline: the packets ahead (rs_filter is fixed during a burst)
     uint32_t *tpl_timeout       # per entry id: a template's timeout in s, its service's at creation
     uint64_t tpl_bytes          # size of the tpl_timeout mapping (NULL until a persistent service)
-    uint32_t key_hint[KEY_RING] # burst pipeline: the entry its peek found for that packet (CONN_NONE: none)

@@ -1141,12 +1141,13 @@ cdef inline uint32_t _lookup_in_hinted(conntab *t, const conn_key *k, uint32_t h
     return ct_lookup_in(t, k)
 
 
-cdef inline void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, uint32_t hint,
+cdef inline void _process_packet(core_t *c, const pkt_desc *p, key_slot *slot,
                                  decision_t *d) noexcept nogil:
-    # key.hash != 0: the packet parsed, its protocol is modelled (so it is no ICMP error), and
-    # key is its hashed in-key (_stage_key); hint: the entry its peek found (_stage_entry).
-    # Inline: the fast path becomes part of the burst loop; everything else is in
-    # _process_general.
+    # slot.key.hash != 0: the packet parsed, its protocol is modelled (so it is no ICMP error),
+    # and slot.key is its hashed in-key (_stage_key); slot.hint: the entry its peek found
+    # (_stage_entry); slot.rs: its source passes rs_filter. Inline: the fast path becomes part
+    # of the burst loop; everything else is in _process_general.
+    cdef conn_key *key = &slot.key
     cdef uint32_t id = CONN_NONE
     cdef int direction = IP_VS_DIR_INPUT
     cdef bint in_done = False
@@ -1154,12 +1155,12 @@ cdef inline void _process_packet(core_t *c, const pkt_desc *p, conn_key *key, ui
     if likely(key.hash != 0):
         # the lookups of the general path, in its order: a NAT real server's packet is first
         # looked up as a reply (out index), any other as a client's (in index)
-        if (c.nat_hashed != 0 or c.e.nat_icmp_send != 0) and _filter_hit(c.rs_filter, p.src):
+        if slot.rs and (c.nat_hashed != 0 or c.e.nat_icmp_send != 0):
             if c.nat_hashed:
                 id = ct_lookup_out(c.e.ct, key)
                 direction = IP_VS_DIR_OUTPUT
         elif likely(key.pa != 0):
-            id = _lookup_in_hinted(c.e.ct, key, hint)
+            id = _lookup_in_hinted(c.e.ct, key, slot.hint)
             in_done = True
         if likely(id != CONN_NONE) and likely(_fast_hit(c, &PROTOS[p.proto], p, id, direction, d)):
             return
@@ -1243,15 +1244,17 @@ cdef inline void _stage_key(core_t *c, const pkt_desc *p, uint32_t r) noexcept n
     # burst pipeline, first stage: the packet's in-key (the out-key of a reply from a real
     # server has the same fields), hashed once for every lookup of the packet, into ring slot r,
     # and the index slots its lookups will read prefetched. hash 0 (never a real signature): no key.
-    cdef conn_key *k = &c.keys[r]
+    cdef key_slot *sl = &c.ring[r]
+    cdef conn_key *k = &sl.key
     cdef const proto_ops *ops = &PROTOS[p.proto]
     if likely(p.status == PS_OK and ops.modelled):
         _key_from_pkt(k, p)
         ct_key_hash(c.e.ct, k)
-        c.key_out[r] = c.nat_hashed != 0 and _filter_hit(c.rs_filter, p.src)
+        sl.rs = _filter_hit(c.rs_filter, p.src)
+        sl.out = sl.rs and c.nat_hashed != 0
         # a real server's packet is a reply the out index finds: its in-lookup (only after an
         # out miss) is not worth a line
-        if c.key_out[r]:
+        if sl.out:
             ct_prefetch_out(c.e.ct, k.hash)
         else:
             ct_prefetch_in(c.e.ct, k.hash)
@@ -1264,19 +1267,19 @@ cdef inline void _stage_entry(core_t *c, uint32_t r) noexcept nogil:
     # PF_SLOT_AHEAD - PF_ENTRY_AHEAD packets earlier. Only a hint: the real lookups run in
     # packet order.
     cdef uint32_t id = CONN_NONE
-    cdef const conn_key *k = &c.keys[r]
-    if k.hash != 0:
-        id = ct_peek_out(c.e.ct, k.hash) if c.key_out[r] else ct_peek_in(c.e.ct, k.hash)
+    cdef key_slot *sl = &c.ring[r]
+    if sl.key.hash != 0:
+        id = ct_peek_out(c.e.ct, sl.key.hash) if sl.out else ct_peek_in(c.e.ct, sl.key.hash)
         if id != CONN_NONE:
             ct_prefetch_entry(c.e.ct, id)
-    c.key_hint[r] = id
+    sl.hint = id
 
 
 cdef inline void _stage_control(core_t *c, uint32_t r) noexcept nogil:
     # third stage: the persistence template that controls the entry prefetched
     # PF_ENTRY_AHEAD - PF_CTL_AHEAD packets earlier (a state change to ESTABLISHED marks it
     # ASSURED; without this it is a second miss for that packet). Only a hint, as the others.
-    cdef uint32_t id = c.key_hint[r], ctl
+    cdef uint32_t id = c.ring[r].hint, ctl
     if id != CONN_NONE:
         ctl = c.e.ct.entries[id].control
         if ctl != CONN_NONE:
@@ -1309,7 +1312,7 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
             _stage_entry(c, (j + PF_ENTRY_AHEAD) & KEY_RING_MASK)
         if ctl_stage and j + PF_CTL_AHEAD < n:
             _stage_control(c, (j + PF_CTL_AHEAD) & KEY_RING_MASK)
-        _process_packet(c, &pkts[j], &c.keys[j & KEY_RING_MASK], c.key_hint[j & KEY_RING_MASK], &out[j])
+        _process_packet(c, &pkts[j], &c.ring[j & KEY_RING_MASK], &out[j])
 
 
 # ---- decision dtype -----------------------------------------------------------------------------
