@@ -396,6 +396,21 @@ cdef inline void ct_timer_set_i(conntab *t, uint32_t id, int64_t deadline_ns) no
     ct_timer_set(t, id, deadline_ns)
 
 
+cdef inline void ct_timer_set_e(conntab *t, conn_entry *e, uint32_t id, int64_t deadline_ns) noexcept nogil:
+    # ct_timer_set_i for an entry the caller holds: e == &t.entries[id], id < t.hwm (a live
+    # entry a lookup returned), so neither the range check nor the address is redone
+    cdef ct_timers *w
+    cdef int64_t old = e.deadline_ns
+    if ((e.xflags & (XF_USED | XF_TIMER)) == (XF_USED | XF_TIMER)) & \
+            (deadline_ns >= old) & (e.tprev != CT_TP_READY):
+        e.deadline_ns = deadline_ns
+        w = <ct_timers *>t.timers
+        if old == w.next_ns:
+            w.next_valid = 0
+        return
+    ct_timer_set(t, id, deadline_ns)
+
+
 # Public inline variants (k.hash filled by ct_key_hash / ct_key_hash_i).
 cdef inline void ct_prefetch_in_i(conntab *t, uint32_t hash) noexcept nogil:
     _ct_idx_prefetch(<ct_index *>t.in_idx, hash)

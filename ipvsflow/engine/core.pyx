@@ -39,7 +39,7 @@ from ipvsflow.engine.conntab cimport (
     ct_key_hash_i as ct_key_hash, ct_lookup_in_i as ct_lookup_in, ct_lookup_out_i as ct_lookup_out,
     ct_prefetch_in_i as ct_prefetch_in, ct_prefetch_out_i as ct_prefetch_out,
     ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in, ct_peek_out_i as ct_peek_out,
-    ct_timer_set_i as ct_timer_set, _ct_in_eq,
+    ct_timer_set_i as ct_timer_set, ct_timer_set_e, _ct_in_eq,
 )
 from ipvsflow.engine.services cimport (
     svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
@@ -110,7 +110,14 @@ cdef extern from *:
     """
     #define ipvs_likely(x) __builtin_expect(!!(x), 1)
     #define ipvs_unlikely(x) __builtin_expect(!!(x), 0)
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    #define IPVS_LE 1
+    #else
+    #define IPVS_LE 0
+    #endif
     """
+    # 1: little-endian; adjacent narrow fields may be written as one wider store
+    bint IPVS_LE
     bint likely "ipvs_likely"(bint x) noexcept nogil
     bint unlikely "ipvs_unlikely"(bint x) noexcept nogil
 
@@ -318,6 +325,13 @@ cdef inline void _dec_entry(const engine_t *e, decision_t *d, const conn_entry *
 # ---- timers and expiry (ip_vs_conn.c) -----------------------------------------------------------
 cdef inline void _timer_set(core_t *c, uint32_t id, int64_t deadline) noexcept nogil:
     ct_timer_set(c.e.ct, id, deadline)
+    if deadline < c.next_due:
+        c.next_due = deadline
+
+
+cdef inline void _timer_set_e(core_t *c, conn_entry *cp, uint32_t id, int64_t deadline) noexcept nogil:
+    # _timer_set for an entry a lookup just returned (cp = &entries[id], id in range)
+    ct_timer_set_e(c.e.ct, cp, id, deadline)
     if deadline < c.next_due:
         c.next_due = deadline
 
@@ -1071,6 +1085,8 @@ cdef inline void _dec_hit(decision_t *d, const pkt_desc *p, const conn_entry *cp
                           uint8_t dir, uint8_t old_state) noexcept nogil:
     # the whole record of a packet forwarded on an entry with a real server, in one pass
     # (what _dec_init and _dec_entry write for it)
+    cdef uint16_t fl
+    cdef uint32_t fw
     d.pkt = p.index
     d.ts_ns = p.ts_ns
     d.conn = cp.serial
@@ -1083,14 +1099,21 @@ cdef inline void _dec_hit(decision_t *d, const pkt_desc *p, const conn_entry *cp
     d.proto = p.proto
     d.state = cp.state
     d.old_state = old_state
-    d.flags = DF_NOOUTPUT if (cp.flags & CF_NOOUTPUT) else 0
-    d._pad = 0
     d.dport = cp.dport
     d.vport = cp.vport
-    d.fwd = cp.flags & CF_FWD_MASK
-    d._pad2[0] = 0
-    d._pad2[1] = 0
-    d._pad2[2] = 0
+    if IPVS_LE:
+        # flags with _pad, fwd with _pad2: one store each
+        fl = DF_NOOUTPUT if (cp.flags & CF_NOOUTPUT) else 0
+        memcpy(&d.flags, &fl, 2)
+        fw = cp.flags & CF_FWD_MASK
+        memcpy(&d.fwd, &fw, 4)
+    else:
+        d.flags = DF_NOOUTPUT if (cp.flags & CF_NOOUTPUT) else 0
+        d._pad = 0
+        d.fwd = cp.flags & CF_FWD_MASK
+        d._pad2[0] = 0
+        d._pad2[1] = 0
+        d._pad2[2] = 0
     memcpy(d.vaddr, cp.vaddr, 16)
 
 
@@ -1100,16 +1123,26 @@ cdef inline bint _fast_hit(core_t *c, const proto_ops *ops, const pkt_desc *p, u
     # server, with nothing else to decide (not a SYN/INIT that may reuse the entry, no
     # netfilter model to run). Does exactly what _in_hook (IP_VS_DIR_INPUT) or
     # _handle_response (IP_VS_DIR_OUTPUT) do with such a packet; False: nothing done, take them.
+    # proto: the packet's protocol (ops is its entry in PROTOS), held in a register so that
+    # the three protocol dispatches below test one value. A TCP or UDP packet's entry has its
+    # protocol (the lookups compare it); AH/ESP run on a UDP entry (_proto_timeout of cp).
     cdef engine_t *e = &c.e
     cdef conn_entry *cp = &e.ct.entries[id]
     cdef uint32_t dest = cp.dest
     cdef uint8_t old_state = cp.state
+    cdef uint8_t proto = p.proto
+    cdef uint64_t l3_len = p.l3_len
+    cdef int64_t tmo
     cdef dest_t *dp
     cdef service_t *s
     if unlikely(dest == CONN_NONE or (_tracking(c) and ops.nf_track != NULL)):
         return False
-    if unlikely(direction == IP_VS_DIR_INPUT and _is_new_conn(ops, p)):
-        return False
+    if direction == IP_VS_DIR_INPUT:
+        if proto == IPPROTO_TCP:
+            if unlikely(tcp_is_new_conn_i(p)):
+                return False
+        elif proto != IPPROTO_UDP and unlikely(ops.is_new_conn(p)):
+            return False
     dp = &e.dests[dest]
     if unlikely(not (dp.flags & DEST_F_AVAILABLE)):
         return False
@@ -1117,15 +1150,26 @@ cdef inline bint _fast_hit(core_t *c, const proto_ops *ops, const pkt_desc *p, u
     # in or out statistics without a branch (directions mix at random in a capture):
     # inpkts, outpkts, inbytes, outbytes follow each other in both structs
     (&dp.inpkts)[direction] += 1
-    (&dp.inbytes)[direction] += p.l3_len
+    (&dp.inbytes)[direction] += l3_len
     (&s.inpkts)[direction] += 1
-    (&s.inbytes)[direction] += p.l3_len
-    _set_state(e, ops, cp, direction, p)
+    (&s.inbytes)[direction] += l3_len
+    if proto == IPPROTO_TCP:
+        tcp_set_state_i(e, TCP_TABLES[e.secure_tcp > 1], cp, direction, p.tcp_flags)
+    elif proto == IPPROTO_UDP:
+        udp_set_state_i(e, cp, direction)
+    else:
+        ops.state_transition(e, cp, direction, p)
     cp.xflags &= ~(<uint8_t>XF_FRESH)
     _dec_hit(d, p, cp, dp.svc, DIR_IN + direction, old_state)
     # _conn_put: a hashed entry is neither a one-packet entry nor (found by these lookups) a
     # template, and XF_FRESH is gone, so its timeout is its protocol state's
-    _timer_set(c, id, e.now_ns + _proto_timeout(e, cp))
+    if proto == IPPROTO_TCP:
+        tmo = tcp_timeout_i(e, cp)
+    elif proto == IPPROTO_UDP:
+        tmo = udp_timeout_i(e)
+    else:
+        tmo = _proto_timeout(e, cp)
+    _timer_set_e(c, cp, id, e.now_ns + tmo)
     return True
 
 
