@@ -39,7 +39,7 @@ from ipvsflow.engine.conntab cimport (
     ct_key_hash_i as ct_key_hash, ct_lookup_in_i as ct_lookup_in, ct_lookup_out_i as ct_lookup_out,
     ct_prefetch_in_i as ct_prefetch_in, ct_prefetch_out_i as ct_prefetch_out,
     ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in, ct_peek_out_i as ct_peek_out,
-    ct_timer_set_i as ct_timer_set, ct_timer_set_e, _ct_in_eq,
+    ct_timer_set_i as ct_timer_set, ct_timer_set_e, _ct_in_eq, _ct_key_word, ct_hash_raw,
 )
 from ipvsflow.engine.services cimport (
     svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
@@ -145,6 +145,14 @@ if not (<char *>&_dproto_dest.outpkts - <char *>&_dproto_dest.inpkts == 8
         and <char *>&_dproto_svc.outbytes - <char *>&_dproto_svc.inbytes == 8
         and IP_VS_DIR_OUTPUT - IP_VS_DIR_INPUT == 1 and DIR_OUT - DIR_IN == 1):
     raise ImportError("ipvsflow.engine.core: statistics fields or direction codes reordered")
+# _key_from_pkt writes a key's pa .. _pad as one word: they must follow each other, in order
+cdef conn_key _kproto
+if not (<char *>&_kproto.pb - <char *>&_kproto.pa == 2 and <char *>&_kproto.proto - <char *>&_kproto.pa == 4
+        and <char *>&_kproto.af - <char *>&_kproto.pa == 5
+        and <char *>&_kproto.is_template - <char *>&_kproto.pa == 6
+        and <char *>&_kproto._pad - <char *>&_kproto.pa == 7):
+    raise ImportError("conn_key: pa, pb, proto, af, is_template, _pad are not one packed word")
+
 # tcp_states[] and tcp_states_dos[], for the inline TCP transition
 cdef const uint8_t *TCP_TABLES[2]
 TCP_TABLES[0] = tcp_state_table(False)
@@ -208,22 +216,28 @@ cdef inline void _filter_add(uint64_t *f, const uint8_t *a) noexcept nogil:
     f[b >> 6] |= (<uint64_t>1) << (b & 63)
 
 
-cdef inline void _key_from_pkt(conn_key *k, const pkt_desc *p) noexcept nogil:
-    # in-index key of a client -> VIP packet; the same fields are the out-index key of a real
-    # server -> client packet (a = source, b = destination). AH/ESP: the UDP/500 connection.
-    k.is_template = 0
-    k._pad = 0
+cdef inline void _key_from_pkt(conntab *t, conn_key *k, const pkt_desc *p) noexcept nogil:
+    # in-index key of a client -> VIP packet, hashed (ct_key_hash); the same fields are the
+    # out-index key of a real server -> client packet (a = source, b = destination). AH/ESP:
+    # the UDP/500 connection. The hash's word of ports, protocol, af and template flag is
+    # built once in a register; on little-endian it is also those fields' bytes (pa .. _pad).
+    cdef uint64_t w
+    if p.proto == IPPROTO_AH or p.proto == IPPROTO_ESP:
+        w = _ct_key_word(PORT_ISAKMP, PORT_ISAKMP, IPPROTO_UDP, p.af, 0)
+    else:
+        w = _ct_key_word(p.sport, p.dport, p.proto, p.af, 0)
     memcpy(k.a, p.src, 16)
     memcpy(k.b, p.dst, 16)
-    if p.proto == IPPROTO_AH or p.proto == IPPROTO_ESP:
-        k.pa = PORT_ISAKMP
-        k.pb = PORT_ISAKMP
-        k.proto = IPPROTO_UDP
+    if IPVS_LE:
+        memcpy(&k.pa, &w, 8)
     else:
-        k.pa = p.sport
-        k.pb = p.dport
-        k.proto = p.proto
-    k.af = p.af
+        k.pa = <uint16_t>w
+        k.pb = <uint16_t>(w >> 16)
+        k.proto = <uint8_t>(w >> 32)
+        k.af = <uint8_t>(w >> 40)
+        k.is_template = 0
+        k._pad = 0
+    k.hash = ct_hash_raw(k.a, k.b, w, t.seed)
 
 
 cdef inline void _key_swapped(conn_key *k, const pkt_desc *p) noexcept nogil:
@@ -1292,8 +1306,7 @@ cdef inline void _stage_key(core_t *c, const pkt_desc *p, uint32_t r) noexcept n
     cdef conn_key *k = &sl.key
     cdef const proto_ops *ops = &PROTOS[p.proto]
     if likely(p.status == PS_OK and ops.modelled):
-        _key_from_pkt(k, p)
-        ct_key_hash(c.e.ct, k)
+        _key_from_pkt(c.e.ct, k, p)
         sl.rs = _filter_hit(c.rs_filter, p.src)
         sl.out = sl.rs and c.nat_hashed != 0
         # a real server's packet is a reply the out index finds: its in-lookup (only after an
