@@ -39,7 +39,7 @@ from ipvsflow.engine.conntab cimport (
     ct_key_hash_i as ct_key_hash, ct_lookup_in_i as ct_lookup_in, ct_lookup_out_i as ct_lookup_out,
     ct_prefetch_in_i as ct_prefetch_in, ct_prefetch_out_i as ct_prefetch_out,
     ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in, ct_peek_out_i as ct_peek_out,
-    ct_timer_set_i as ct_timer_set, ct_timer_set_e, _ct_in_eq, _ct_key_word, ct_hash_raw,
+    ct_timer_set_i as ct_timer_set, ct_timer_set_e, _ct_in_eq, _ct_key_word, ct_hash_raw, ct_eq16,
 )
 from ipvsflow.engine.services cimport (
     svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
@@ -152,6 +152,9 @@ if not (<char *>&_kproto.pb - <char *>&_kproto.pa == 2 and <char *>&_kproto.prot
         and <char *>&_kproto.is_template - <char *>&_kproto.pa == 6
         and <char *>&_kproto._pad - <char *>&_kproto.pa == 7):
     raise ImportError("conn_key: pa, pb, proto, af, is_template, _pad are not one packed word")
+cdef conn_entry _eproto
+if <char *>&_eproto.vport - <char *>&_eproto.cport != 2:
+    raise ImportError("conn_entry: cport, vport are not one packed word")
 
 # tcp_states[] and tcp_states_dos[], for the inline TCP transition
 cdef const uint8_t *TCP_TABLES[2]
@@ -1193,9 +1196,17 @@ cdef inline uint32_t _lookup_in_hinted(conntab *t, const conn_key *k, uint32_t h
     # older entry), so a hint that is in-hashed under an equal key is what the probe would
     # return. It saves the probe; a stale or colliding hint (the table changed since the
     # peek, or another key had the same signature) fails the check and takes the lookup.
-    if (hint != CONN_NONE and (t.entries[hint].xflags & XF_IN_HASHED) != 0
-            and _ct_in_eq(t, hint, k)):
-        return hint
+    # k is a staged packet key (is_template 0): _ct_in_eq with the ports compared as one word
+    # and the template test a bit test
+    cdef const conn_entry *e
+    cdef uint32_t ep, kp
+    if hint != CONN_NONE:
+        e = &t.entries[hint]
+        memcpy(&ep, &e.cport, 4)        # cport, vport
+        memcpy(&kp, &k.pa, 4)           # pa, pb
+        if ((e.xflags & XF_IN_HASHED) != 0 and ep == kp and e.proto == k.proto and e.af == k.af
+                and (e.flags & CF_TEMPLATE) == 0 and ct_eq16(e.caddr, k.a) and ct_eq16(e.vaddr, k.b)):
+            return hint
     return ct_lookup_in(t, k)
 
 
