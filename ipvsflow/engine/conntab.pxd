@@ -81,6 +81,7 @@ ctypedef struct conntab:
     const uint8_t *dest_addr        # &engine.dests[0].addr: a dest's address is at dest_addr + id * dest_stride
     uint32_t dest_stride            # sizeof(dest_t); the engine updates both whenever its dest array moves
     uint64_t seed
+    uint64_t hkeys[3]               # ct_hash_keys(seed): the hash's seed words, computed once
 
 cdef conntab *ct_new(uint64_t max_entries, uint32_t initial_slots, uint64_t seed) noexcept nogil
 cdef void ct_free_table(conntab *t) noexcept nogil
@@ -135,15 +136,26 @@ cdef extern from *:
         __uint128_t r = (__uint128_t)a * b;
         return (uint64_t)r ^ (uint64_t)(r >> 64);
     }
-    /* wyhash-style mixing of two 16-byte addresses and one word of ports/proto/af/flag. */
-    static inline uint32_t ct_hash_raw(const uint8_t *a, const uint8_t *b, uint64_t w, uint64_t seed) {
+    /* wyhash-style mixing of two 16-byte addresses and one word of ports/proto/af/flag;
+       k: the seed's three words (ct_hash_keys), which a table computes once. */
+    static inline uint32_t ct_hash_raw_k(const uint8_t *a, const uint8_t *b, uint64_t w, const uint64_t *k) {
         uint64_t a0, a1, b0, b1, h;
         memcpy(&a0, a, 8); memcpy(&a1, a + 8, 8);
         memcpy(&b0, b, 8); memcpy(&b1, b + 8, 8);
-        h = ct_mum(a0 ^ seed ^ 0xa0761d6478bd642fULL, a1 ^ 0xe7037ed1a0b428dbULL);
-        h ^= ct_mum(b0 ^ 0x8ebc6af09c88c6e3ULL, b1 ^ seed ^ 0x589965cc75374cc3ULL);
-        h = ct_mum(h ^ w ^ 0x1d8e4e27c47d124fULL, (seed ^ 0xd6e8feb86659fd93ULL) | 1);
+        h = ct_mum(a0 ^ k[0], a1 ^ 0xe7037ed1a0b428dbULL);
+        h ^= ct_mum(b0 ^ 0x8ebc6af09c88c6e3ULL, b1 ^ k[1]);
+        h = ct_mum(h ^ w ^ 0x1d8e4e27c47d124fULL, k[2]);
         return (uint32_t)(h ^ (h >> 32)) | 0x80000000u;
+    }
+    static inline void ct_hash_keys(uint64_t seed, uint64_t *k) {
+        k[0] = seed ^ 0xa0761d6478bd642fULL;
+        k[1] = seed ^ 0x589965cc75374cc3ULL;
+        k[2] = (seed ^ 0xd6e8feb86659fd93ULL) | 1;
+    }
+    static inline uint32_t ct_hash_raw(const uint8_t *a, const uint8_t *b, uint64_t w, uint64_t seed) {
+        uint64_t k[3];
+        ct_hash_keys(seed, k);
+        return ct_hash_raw_k(a, b, w, k);
     }
     static inline int ct_eq16(const uint8_t *x, const uint8_t *y) {
         uint64_t x0, x1, y0, y1;
@@ -158,6 +170,8 @@ cdef extern from *:
     static inline void ct_prefetchw(const void *p) { __builtin_prefetch(p, 1, 3); __asm__ __volatile__("" : : "r"(p)); }
     """
     uint32_t ct_hash_raw(const uint8_t *a, const uint8_t *b, uint64_t w, uint64_t seed) noexcept nogil
+    uint32_t ct_hash_raw_k(const uint8_t *a, const uint8_t *b, uint64_t w, const uint64_t *k) noexcept nogil
+    void ct_hash_keys(uint64_t seed, uint64_t *k) noexcept nogil
     bint ct_eq16(const uint8_t *x, const uint8_t *y) noexcept nogil
     void ct_prefetch(const void *p) noexcept nogil
     void ct_prefetchw(const void *p) noexcept nogil
@@ -233,7 +247,7 @@ cdef inline uint64_t _ct_key_word(uint16_t pa, uint16_t pb, uint8_t proto, uint8
 
 
 cdef inline void ct_key_hash_i(conntab *t, conn_key *k) noexcept nogil:
-    k.hash = ct_hash_raw(k.a, k.b, _ct_key_word(k.pa, k.pb, k.proto, k.af, k.is_template != 0), t.seed)
+    k.hash = ct_hash_raw_k(k.a, k.b, _ct_key_word(k.pa, k.pb, k.proto, k.af, k.is_template != 0), t.hkeys)
 
 
 cdef inline const uint8_t *_ct_dest_addr(conntab *t, uint32_t dest) noexcept nogil:

@@ -636,6 +636,7 @@ cdef conntab *ct_new(uint64_t max_entries, uint32_t initial_slots, uint64_t seed
     t.free_head = CONN_NONE
     t.next_serial = 1
     t.seed = seed
+    ct_hash_keys(seed, t.hkeys)
     t.entries = <conn_entry *>ct_map(round_up(max_entries * sizeof(conn_entry), ct_page_size()))
     t.in_idx = idx_new(nslots, 0)
     t.out_idx = idx_new(nslots, 1)

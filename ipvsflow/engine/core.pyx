@@ -39,7 +39,7 @@ from ipvsflow.engine.conntab cimport (
     ct_key_hash_i as ct_key_hash, ct_lookup_in_i as ct_lookup_in, ct_lookup_out_i as ct_lookup_out,
     ct_prefetch_in_i as ct_prefetch_in, ct_prefetch_out_i as ct_prefetch_out,
     ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in, ct_peek_out_i as ct_peek_out,
-    ct_timer_set_i as ct_timer_set, ct_timer_set_e, _ct_in_eq, _ct_key_word, ct_hash_raw, ct_eq16,
+    ct_timer_set_i as ct_timer_set, ct_timer_set_e, _ct_in_eq, _ct_key_word, ct_hash_raw_k, ct_eq16,
 )
 from ipvsflow.engine.services cimport (
     svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
@@ -240,7 +240,7 @@ cdef inline void _key_from_pkt(conntab *t, conn_key *k, const pkt_desc *p) noexc
         k.af = <uint8_t>(w >> 40)
         k.is_template = 0
         k._pad = 0
-    k.hash = ct_hash_raw(k.a, k.b, w, t.seed)
+    k.hash = ct_hash_raw_k(k.a, k.b, w, t.hkeys)
 
 
 cdef inline void _key_swapped(conn_key *k, const pkt_desc *p) noexcept nogil:
