@@ -1134,15 +1134,24 @@ cdef inline void _dec_hit(decision_t *d, const pkt_desc *p, const conn_entry *cp
     memcpy(d.vaddr, cp.vaddr, 16)
 
 
+cdef inline void _hit_stats(dest_t *dp, service_t *s, int direction, uint64_t l3_len) noexcept nogil:
+    # in or out statistics without a branch (directions mix at random in a capture):
+    # inpkts, outpkts, inbytes, outbytes follow each other in both structs
+    (&dp.inpkts)[direction] += 1
+    (&dp.inbytes)[direction] += l3_len
+    (&s.inpkts)[direction] += 1
+    (&s.inbytes)[direction] += l3_len
+
+
 cdef inline bint _fast_hit(core_t *c, const proto_ops *ops, const pkt_desc *p, uint32_t id,
                            int direction, decision_t *d) noexcept nogil:
     # The common case in one pass: a packet on an existing entry bound to an available real
     # server, with nothing else to decide (not a SYN/INIT that may reuse the entry, no
     # netfilter model to run). Does exactly what _in_hook (IP_VS_DIR_INPUT) or
     # _handle_response (IP_VS_DIR_OUTPUT) do with such a packet; False: nothing done, take them.
-    # proto: the packet's protocol (ops is its entry in PROTOS), held in a register so that
-    # the three protocol dispatches below test one value. A TCP or UDP packet's entry has its
-    # protocol (the lookups compare it); AH/ESP run on a UDP entry (_proto_timeout of cp).
+    # One protocol dispatch: the checks that may refuse come before any change, in any order.
+    # A TCP or UDP packet's entry has its protocol (the lookups compare it); AH/ESP run on a
+    # UDP entry (_proto_timeout of cp).
     cdef engine_t *e = &c.e
     cdef conn_entry *cp = &e.ct.entries[id]
     cdef uint32_t dest = cp.dest
@@ -1154,38 +1163,31 @@ cdef inline bint _fast_hit(core_t *c, const proto_ops *ops, const pkt_desc *p, u
     cdef service_t *s
     if unlikely(dest == CONN_NONE or (_tracking(c) and ops.nf_track != NULL)):
         return False
-    if direction == IP_VS_DIR_INPUT:
-        if proto == IPPROTO_TCP:
-            if unlikely(tcp_is_new_conn_i(p)):
-                return False
-        elif proto != IPPROTO_UDP and unlikely(ops.is_new_conn(p)):
-            return False
     dp = &e.dests[dest]
     if unlikely(not (dp.flags & DEST_F_AVAILABLE)):
         return False
     s = &e.svcs[dp.svc]
-    # in or out statistics without a branch (directions mix at random in a capture):
-    # inpkts, outpkts, inbytes, outbytes follow each other in both structs
-    (&dp.inpkts)[direction] += 1
-    (&dp.inbytes)[direction] += l3_len
-    (&s.inpkts)[direction] += 1
-    (&s.inbytes)[direction] += l3_len
+    # the state transition, and the timeout _conn_put re-arms: a hashed entry is neither a
+    # one-packet entry nor (found by these lookups) a template, and XF_FRESH goes, so its
+    # timeout is its protocol state's
     if proto == IPPROTO_TCP:
+        if unlikely(direction == IP_VS_DIR_INPUT and tcp_is_new_conn_i(p)):
+            return False
+        _hit_stats(dp, s, direction, l3_len)
         tcp_set_state_i(e, TCP_TABLES[e.secure_tcp > 1], cp, direction, p.tcp_flags)
-    elif proto == IPPROTO_UDP:
-        udp_set_state_i(e, cp, direction)
-    else:
-        ops.state_transition(e, cp, direction, p)
-    cp.xflags &= ~(<uint8_t>XF_FRESH)
-    _dec_hit(d, p, cp, dp.svc, DIR_IN + direction, old_state)
-    # _conn_put: a hashed entry is neither a one-packet entry nor (found by these lookups) a
-    # template, and XF_FRESH is gone, so its timeout is its protocol state's
-    if proto == IPPROTO_TCP:
         tmo = tcp_timeout_i(e, cp)
     elif proto == IPPROTO_UDP:
+        _hit_stats(dp, s, direction, l3_len)
+        udp_set_state_i(e, cp, direction)
         tmo = udp_timeout_i(e)
     else:
+        if unlikely(direction == IP_VS_DIR_INPUT and ops.is_new_conn(p)):
+            return False
+        _hit_stats(dp, s, direction, l3_len)
+        ops.state_transition(e, cp, direction, p)
         tmo = _proto_timeout(e, cp)
+    cp.xflags &= ~(<uint8_t>XF_FRESH)
+    _dec_hit(d, p, cp, dp.svc, DIR_IN + direction, old_state)
     _timer_set_e(c, cp, id, e.now_ns + tmo)
     return True
 
