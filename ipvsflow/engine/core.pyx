@@ -1219,19 +1219,23 @@ cdef inline void _process_packet(core_t *c, const pkt_desc *p, key_slot *slot,
     # (_stage_entry); slot.rs: its source passes rs_filter. Inline: the fast path becomes part
     # of the burst loop; everything else is in _process_general.
     cdef conn_key *key = &slot.key
+    cdef uint32_t hash = key.hash
+    cdef uint32_t hint = slot.hint
+    cdef uint16_t pa = key.pa
+    cdef bint rs = slot.rs
     cdef uint32_t id = CONN_NONE
     cdef int direction = IP_VS_DIR_INPUT
     cdef bint in_done = False
     _step_clock(c, p.ts_ns)
-    if likely(key.hash != 0):
+    if likely(hash != 0):
         # the lookups of the general path, in its order: a NAT real server's packet is first
         # looked up as a reply (out index), any other as a client's (in index)
-        if slot.rs and (c.nat_hashed != 0 or c.e.nat_icmp_send != 0):
+        if rs and (c.nat_hashed != 0 or c.e.nat_icmp_send != 0):
             if c.nat_hashed:
                 id = ct_lookup_out(c.e.ct, key)
                 direction = IP_VS_DIR_OUTPUT
-        elif likely(key.pa != 0):
-            id = _lookup_in_hinted(c.e.ct, key, slot.hint)
+        elif likely(pa != 0):
+            id = _lookup_in_hinted(c.e.ct, key, hint)
             in_done = True
         if likely(id != CONN_NONE) and likely(_fast_hit(c, &PROTOS[p.proto], p, id, direction, d)):
             return
