@@ -155,6 +155,9 @@ if not (<char *>&_kproto.pb - <char *>&_kproto.pa == 2 and <char *>&_kproto.prot
 cdef conn_entry _eproto
 if <char *>&_eproto.vport - <char *>&_eproto.cport != 2:
     raise ImportError("conn_entry: cport, vport are not one packed word")
+cdef decision_t _drec
+if not (<char *>&_drec._pad - <char *>&_drec.flags == 1 and <char *>&_drec._pad2[0] - <char *>&_drec.fwd == 1):
+    raise ImportError("decision_t: flags, _pad or fwd, _pad2 do not follow each other")
 
 # tcp_states[] and tcp_states_dos[], for the inline TCP transition
 cdef const uint8_t *TCP_TABLES[2]
