@@ -167,11 +167,18 @@ cdef enum:
     OUT_NONE = 0
     OUT_FWD = 1
     OUT_LOCAL = 2
+    # nothing done yet, the burst loop steps out for (then redoes the packet):
+    OUT_ROOM = 3                # a bigger copy buffer
+    OUT_REFRESH = 4             # refresh_dests (a real-server id not seen yet)
 
 cdef enum:
     # per-packet output buffer reserve beyond the captured bytes: a new link-layer header
     # (20, SLL2) and the largest encapsulation (IPv6 + UDP + GUE = 52)
     FRAME_SLACK = 128
+    ARENA_MIN = 1 << 16
+    # copy buffers outgrown during a burst: kept until the next burst (a sink may hold
+    # pointers to its frames until it is flushed); doubling from ARENA_MIN, 48 is beyond 2^64
+    MAX_RETIRED = 48
 
 ctypedef struct out_rec:
     const uint8_t *data
@@ -202,6 +209,9 @@ ctypedef struct fwd_state:
     uint8_t *arena
     size_t arena_cap
     size_t arena_pos
+    uint8_t *retired[MAX_RETIRED]
+    uint32_t n_retired
+    uint8_t may_refresh         # this burst may still ask for refresh_dests
     out_rec *outs
     uint32_t outs_cap
     const uint8_t *wbase        # writable range of the batch's memory (NULL: none)
@@ -312,6 +322,10 @@ cdef void _to_local(fwd_state *s, const pkt_desc *p, out_rec *o, int kind) noexc
     cdef int l2
     cdef uint8_t *f
     cdef uint32_t body
+    if s.have_local and lt != LT_ANY and lt != p.linktype and \
+            s.arena_pos + p.caplen + FRAME_SLACK > s.arena_cap:
+        o.kind = OUT_ROOM
+        return
     s.cnt[kind] += 1
     s.cnt[C_PASSED] += 1
     if not s.have_local:
@@ -462,9 +476,9 @@ cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
     cdef bint post_nat = False
     cdef uint8_t *f
     cdef frame_t fr
-    if s.learn:
-        _learn(s, p)
-    if _fast_nat4(s, p, d, o):
+    # (the caller has learned from the packet and tried _fast_nat4)
+    if s.may_refresh and d.rs >= 0 and <uint32_t> d.rs >= s.n_dests:
+        o.kind = OUT_REFRESH
         return
     o.kind = OUT_NONE
     if act == ACT_DROP:
@@ -562,6 +576,9 @@ cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
         o.wirelen = p.wirelen
         s.cnt[C_IN_PLACE] += 1
     else:
+        if s.arena_pos + p.caplen + FRAME_SLACK > s.arena_cap:
+            o.kind = OUT_ROOM
+            return
         ol2 = p.l3_off if same_lt else <uint32_t> l2_hdr_len(olt)
         body = p.caplen - p.l3_off
         wbody = p.wirelen - p.l3_off if p.wirelen > p.l3_off else body
@@ -639,6 +656,29 @@ cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
     o.kind = OUT_FWD
 
 
+cdef uint32_t _forward_range(fwd_state *s, const pkt_desc *pk, const decision_t *dec,
+                             out_rec *outs, uint32_t i, uint32_t m, uint32_t *nfwd) noexcept nogil:
+    """Packets [i, m) until one asks for something (OUT_ROOM / OUT_REFRESH, having done
+    nothing); returns its index, m when all are done. nfwd: add the forwarded."""
+    cdef uint32_t n = 0
+    cdef uint8_t k
+    while i < m:
+        if s.learn:
+            _learn(s, &pk[i])
+        if _fast_nat4(s, &pk[i], &dec[i], &outs[i]):
+            n += 1
+            i += 1
+            continue
+        _forward_one(s, &pk[i], &dec[i], &outs[i])
+        k = outs[i].kind
+        if k >= OUT_ROOM:
+            break
+        n += k == OUT_FWD
+        i += 1
+    nfwd[0] += n
+    return i
+
+
 # ---- the Python API -------------------------------------------------------------------------
 
 def _mac_bytes(mac, what):
@@ -713,7 +753,7 @@ cdef Py_ssize_t _forward_burst(object fwd, PacketBatch batch, const decision_t *
     f.s.out_lt = LT_ANY if sink is None else f._sink_linktype(sink, "sink")
     if m == 0:
         return 0
-    return f._forward(batch, dec, 0, m, sink, None)
+    return f._forward(batch, dec, 0, m, sink, None, False)
 
 
 cdef class Forwarder:
@@ -756,6 +796,7 @@ cdef class Forwarder:
     def __dealloc__(self):
         free(self.s.dests)
         free(self.s.arena)
+        self._free_retired()
         free(self.s.outs)
         neigh_free(self.s.neigh)
         self.s.dests = NULL
@@ -907,26 +948,23 @@ cdef class Forwarder:
             decisions = np.ascontiguousarray(decisions)     # a strided view: compact it
             PyObject_GetBuffer(decisions, &dbuf, PyBUF_SIMPLE)
         try:
-            return self._forward(batch, <const decision_t *> dbuf.buf, s0, m, pw, ns)
+            return self._forward(batch, <const decision_t *> dbuf.buf, s0, m, pw, ns, True)
         finally:
             PyBuffer_Release(&dbuf)
 
     cdef object _forward(self, PacketBatch batch, const decision_t *dec, Py_ssize_t s0, uint32_t m,
-                         PcapWriter pw, NullSink ns):
+                         PcapWriter pw, NullSink ns, bint check):
+        # check: decisions from a caller, matched to the packets first (the C entry's are the
+        # engine's own for those packets). The copy buffer grows and the real servers are
+        # re-read from within the burst loop, when a packet needs it.
         cdef const pkt_desc *pk = batch.pkts + s0
         cdef uint32_t i
-        cdef int32_t max_rs = -1
-        cdef size_t need = 0
-        for i in range(m):
-            if dec[i].pkt != pk[i].index:
-                raise ValueError(f"decision {i} is for packet {dec[i].pkt}, but packet "
-                                 f"{s0 + i} of the batch is input packet {pk[i].index}")
-            if dec[i].rs > max_rs:
-                max_rs = dec[i].rs
-            need += pk[i].caplen + FRAME_SLACK
-        if max_rs >= 0 and <uint32_t> max_rs >= self.s.n_dests:
-            self.refresh_dests()
-        self._reserve(need, m)
+        if check:
+            for i in range(m):
+                if dec[i].pkt != pk[i].index:
+                    raise ValueError(f"decision {i} is for packet {dec[i].pkt}, but packet "
+                                     f"{s0 + i} of the batch is input packet {pk[i].index}")
+        self._reserve(0, m)
         # writable batch memory: the export is held until the end (no resize meanwhile)
         cdef Py_buffer wbuf
         cdef bint have_w = False
@@ -966,17 +1004,29 @@ cdef class Forwarder:
         cdef fwd_state *st = &self.s
         cdef out_rec *outs = st.outs
         cdef uint64_t before = st.cnt[C_FORWARDED]
+        cdef uint8_t k = OUT_NONE
+        self._free_retired()
         st.arena_pos = 0
         cdef uint32_t nfwd = 0
         cdef uint64_t nbytes = 0
         st.nc_valid = 0
+        st.may_refresh = 1
         st.fast_nat = st.wbase != NULL and (st.out_lt == LT_ANY or st.out_lt == 1)
         # packets and forwarded are counted per burst (forwarded: the OUT_FWD records)
         st.cnt[C_PACKETS] += m
-        with nogil:
-            for i in range(m):
-                _forward_one(st, &pk[i], &dec[i], &outs[i])
-                nfwd += outs[i].kind == OUT_FWD
+        i = 0
+        while True:
+            with nogil:
+                i = _forward_range(st, pk, dec, outs, i, m, &nfwd)
+            if i == m:
+                break
+            k = outs[i].kind
+            # packet i did nothing: make what it asks for, then redo it
+            if k == OUT_REFRESH:
+                st.may_refresh = 0          # once per burst (an id the engine does not have
+                self.refresh_dests()        # is then a bad decision)
+            else:
+                self._grow_arena(pk[i].caplen + FRAME_SLACK)
         st.cnt[C_FORWARDED] += nfwd
         cdef out_rec *o
         for i in range(m):
@@ -995,6 +1045,38 @@ cdef class Forwarder:
         if ns is not None and nfwd:
             ns.take_many(nfwd, nbytes)
         return st.cnt[C_FORWARDED] - before
+
+    cdef int _grow_arena(self, size_t need) except -1:
+        """A new, bigger copy buffer for the rest of the burst; the full one is retired (its
+        frames stay valid until the next burst)."""
+        cdef fwd_state *st = &self.s
+        cdef size_t cap = 2 * st.arena_cap
+        cdef uint8_t *a
+        if cap < need:
+            cap = need
+        if cap < ARENA_MIN:
+            cap = ARENA_MIN
+        if st.arena != NULL and st.arena_pos > 0:
+            if st.n_retired == MAX_RETIRED:
+                raise MemoryError()
+            a = <uint8_t *> malloc(cap)
+            if a == NULL:
+                raise MemoryError()
+            st.retired[st.n_retired] = st.arena
+            st.n_retired += 1
+        else:
+            a = <uint8_t *> realloc(st.arena, cap)
+            if a == NULL:
+                raise MemoryError()
+        st.arena = a
+        st.arena_cap = cap
+        st.arena_pos = 0
+        return 0
+
+    cdef void _free_retired(self) noexcept:
+        while self.s.n_retired:
+            self.s.n_retired -= 1
+            free(self.s.retired[self.s.n_retired])
 
     cdef int _reserve(self, size_t need, uint32_t m) except -1:
         cdef uint8_t *a
