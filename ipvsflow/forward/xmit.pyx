@@ -57,7 +57,7 @@ from ipvsflow.io.batch cimport (
     PacketBatch, pkt_desc, OK, FRAGMENT, NOT_IP, UNKNOWN_LINKTYPE, TRUNC_L2, TRUNC_L3,
     BAD_IP_VERSION,
 )
-from ipvsflow.io.writer cimport PcapWriter
+from ipvsflow.io.writer cimport PcapWriter, frame_rec
 from ipvsflow.engine.defs cimport (
     decision_t, ACT_NEW, ACT_HIT, ACT_RESCHED, ACT_DROP, ACT_PASS, ACT_INVALID, DIR_IN, DIR_OUT,
 )
@@ -180,12 +180,7 @@ cdef enum:
     # pointers to its frames until it is flushed); doubling from ARENA_MIN, 48 is beyond 2^64
     MAX_RETIRED = 48
 
-ctypedef struct out_rec:
-    const uint8_t *data
-    int64_t ts_ns
-    uint32_t caplen
-    uint32_t wirelen
-    uint8_t kind
+ctypedef frame_rec out_rec
 
 ctypedef struct fwd_state:
     dest_ent *dests
@@ -1029,6 +1024,16 @@ cdef class Forwarder:
                 self._grow_arena(pk[i].caplen + FRAME_SLACK)
         st.cnt[C_FORWARDED] += nfwd
         cdef out_rec *o
+        if not st.have_local:
+            # forwarded frames only: one call for the burst (the order is the same)
+            if pw is not None:
+                pw.write_recs(outs, m, OUT_FWD)
+            elif ns is not None and nfwd:
+                for i in range(m):
+                    if outs[i].kind == OUT_FWD:
+                        nbytes += outs[i].caplen
+                ns.take_many(nfwd, nbytes)
+            return st.cnt[C_FORWARDED] - before
         for i in range(m):
             o = &outs[i]
             if o.kind == OUT_FWD:

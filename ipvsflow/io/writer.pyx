@@ -129,6 +129,13 @@ cdef class PcapWriter:
         self.bytes_written += 16 + caplen
         return 0
 
+    cdef int write_recs(self, const frame_rec *recs, uint32_t n, uint8_t kind) except -1:
+        cdef uint32_t i
+        for i in range(n):
+            if recs[i].kind == kind:
+                self.write_raw(recs[i].data, recs[i].caplen, recs[i].wirelen, recs[i].ts_ns)
+        return 0
+
     def write(self, data, int64_t ts_ns, wirelen=None):
         """Append one packet (bytes-like) with its time in ns since the epoch."""
         cdef const uint8_t[::1] view = memoryview(data).cast("B")

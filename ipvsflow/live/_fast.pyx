@@ -37,7 +37,7 @@ from libc.string cimport memcpy, memmove, memset, memcmp
 import os
 import socket
 
-from ipvsflow.io.writer cimport PcapWriter
+from ipvsflow.io.writer cimport PcapWriter, frame_rec
 from ipvsflow.io.afpacket cimport RxRing, TxPort
 from ipvsflow.io.batch cimport PacketBatch
 from ipvsflow.engine.defs cimport decision_t
@@ -464,24 +464,23 @@ cdef class AfPacketSink(PcapWriter):
 
     cdef int write_raw(self, const uint8_t *data, uint32_t caplen, uint32_t wirelen,
                        int64_t ts_ns) except -1:
-        # the Forwarder's frames live in writable memory (the receive ring, or its own buffer).
-        # The common frame in a few instructions: for the same next hop as the last one, to an
-        # egress without a VLAN to set; everything else in _write (a call with a big frame).
-        cdef uint8_t *f = <uint8_t *> data
-        cdef const egress_t *eg
         self._c[0] += 1
-        if (self._last_ok and self._last_port >= 0 and caplen >= 14 and caplen == wirelen and
-                _mac64(f) == self._last_mac):
-            eg = &self._eg[self._last_port]
-            if not eg.vtag and not ((f[12] == 0x81 and f[13] == 0x00) or (f[12] == 0x88 and f[13] == 0xa8)):
-                memcpy(f + 6, eg.mac, 6)
-                if self.dry_run:
-                    self._c[2] += 1
-                    return 0
-                (<TxPort> self._pp[eg.port]).put(f, caplen)
-                self._c[1] += 1
-                return 0
-        return self._write(f, caplen, wirelen, ts_ns)
+        if _sink_quick(self, <uint8_t *> data, caplen, wirelen):
+            return 0
+        return self._write(<uint8_t *> data, caplen, wirelen, ts_ns)
+
+    cdef int write_recs(self, const frame_rec *recs, uint32_t n, uint8_t kind) except -1:
+        # a Forwarder's burst: write_raw per frame of that kind, without a call per frame
+        cdef uint32_t i
+        cdef const frame_rec *r
+        for i in range(n):
+            r = &recs[i]
+            if r.kind != kind:
+                continue
+            self._c[0] += 1
+            if not _sink_quick(self, <uint8_t *> r.data, r.caplen, r.wirelen):
+                self._write(<uint8_t *> r.data, r.caplen, r.wirelen, r.ts_ns)
+        return 0
 
     cdef int _write(self, uint8_t *f, uint32_t caplen, uint32_t wirelen, int64_t ts_ns) except -1:
         cdef uint16_t et
@@ -728,6 +727,26 @@ cdef class AfPacketSink(PcapWriter):
 
     def __repr__(self):
         return f"<AfPacketSink {', '.join(p.ifname for p in self._ports)}{' dry-run' if self.dry_run else ''}>"
+
+
+cdef inline bint _sink_quick(AfPacketSink s, uint8_t *f, uint32_t caplen,
+                             uint32_t wirelen) noexcept:
+    """AfPacketSink's common frame in a few instructions: for the same next hop as the last
+    one, to an egress without a VLAN to set; False: not done, the frame is for _write. The
+    Forwarder's frames live in writable memory (the receive ring, or its own buffer)."""
+    cdef const egress_t *eg
+    if (s._last_ok and s._last_port >= 0 and caplen >= 14 and caplen == wirelen and
+            _mac64(f) == s._last_mac):
+        eg = &s._eg[s._last_port]
+        if not eg.vtag and not ((f[12] == 0x81 and f[13] == 0x00) or (f[12] == 0x88 and f[13] == 0xa8)):
+            memcpy(f + 6, eg.mac, 6)
+            if s.dry_run:
+                s._c[2] += 1
+                return True
+            (<TxPort> s._pp[eg.port]).put(f, caplen)
+            s._c[1] += 1
+            return True
+    return False
 
 
 def count_decisions(decisions, uint64_t[::1] counts):
