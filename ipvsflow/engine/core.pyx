@@ -495,6 +495,31 @@ cdef inline void _step_clock(core_t *c, int64_t ts) noexcept nogil:
         _expire_due(c, c.e.now_ns)
 
 
+cdef void _step_clock_slow(core_t *c, int64_t ts) noexcept nogil:
+    _step_clock(c, ts)
+
+
+cdef inline void _step_clock_burst(core_t *c, int64_t ts) noexcept nogil:
+    # _step_clock inside a burst, which _burst_clock_start has prepared (the clock is set and no
+    # flush is pending: only apply() queues one): the common case is one test, the clock moving
+    # forward (or staying) short of the next deadline
+    if likely((ts >= c.e.now_ns) & (ts < c.next_due)):
+        c.e.now_ns = ts
+    else:
+        _step_clock_slow(c, ts)
+
+
+cdef inline void _burst_clock_start(core_t *c, int64_t ts0) noexcept nogil:
+    # what _step_clock does for a burst's first packet (ts0) beyond _step_clock_burst's test, in
+    # its order: the clock set or moved to ts0 (a backwards ts0 is left to the packet's own step,
+    # which counts it), then the pending flush; the packet's own step then runs the expiries
+    if unlikely(not c.clock_set or c.flush_pending):
+        if not c.clock_set or ts0 >= c.e.now_ns:
+            _clock(c, ts0)
+        if c.flush_pending:
+            _flush_nodest(c)
+
+
 # ---- netfilter conntrack model (old_ct) ---------------------------------------------------------
 
 cdef inline bint _tracking(const core_t *c) noexcept nogil:
@@ -1229,7 +1254,7 @@ cdef inline void _process_packet(core_t *c, const pkt_desc *p, key_slot *slot,
     cdef uint32_t id = CONN_NONE
     cdef int direction = IP_VS_DIR_INPUT
     cdef bint in_done = False
-    _step_clock(c, p.ts_ns)
+    _step_clock_burst(c, p.ts_ns)
     if likely(hash != 0):
         # the lookups of the general path, in its order: a NAT real server's packet is first
         # looked up as a reply (out index), any other as a client's (in index)
@@ -1378,6 +1403,8 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
     # the same as 16/8); each burst refills the pipeline (~2 ns per packet at 256).
     cdef uint32_t j
     cdef bint ctl_stage = c.tpl_bytes != 0      # only once there is a persistent service
+    if n:
+        _burst_clock_start(c, pkts[0].ts_ns)
     for j in range(PF_SLOT_AHEAD if n > PF_SLOT_AHEAD else n):
         _stage_key(c, &pkts[j], j & KEY_RING_MASK)
     for j in range(PF_ENTRY_AHEAD if n > PF_ENTRY_AHEAD else n):
