@@ -57,17 +57,21 @@ cdef inline bint tcp_is_new_conn_i(const pkt_desc *p) noexcept nogil:
     return (p.tcp_flags & TH_SYN) != 0
 
 
+cdef extern from *:
+    """
+    /* tcp_state_idx by the flags FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10 */
+    static inline int ipvsflow_tcp_event(unsigned int tcp_flags) {
+        static const signed char t[32] = {-1, 1, 0, 0, 3, 3, 3, 3, -1, 1, 0, 0, 3, 3, 3, 3, 2, 1, 0, 0, 3, 3, 3, 3, 2, 1, 0, 0, 3, 3, 3, 3};
+        return t[tcp_flags & 0x17];
+    }
+    """
+    int ipvsflow_tcp_event(unsigned int tcp_flags) noexcept nogil
+
+
 cdef inline int tcp_event_i(uint8_t tcp_flags) noexcept nogil:
-    # tcp_state_idx: priority RST > SYN > FIN > ACK; none of them: -1 (new state CLOSE)
-    if tcp_flags & TH_RST:
-        return 3
-    if tcp_flags & TH_SYN:
-        return 0
-    if tcp_flags & TH_FIN:
-        return 1
-    if tcp_flags & TH_ACK:
-        return 2
-    return -1
+    # tcp_state_idx: priority RST > SYN > FIN > ACK; none of them: -1 (new state CLOSE).
+    # One table load instead of four tests (an ACK, the common packet, took them all).
+    return ipvsflow_tcp_event(tcp_flags)
 
 
 cdef inline bint tcp_active_i(const engine_t *e, int state) noexcept nogil:
