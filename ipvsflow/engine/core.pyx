@@ -1388,6 +1388,10 @@ cdef inline void _stage_control(core_t *c, uint32_t r) noexcept nogil:
             ct_prefetch_entry(c.e.ct, ctl)
 
 
+cdef enum:
+    PF_CHUNK = 8                # packets per turn of the burst pipeline's stages (<= PF_SLOT_AHEAD - PF_ENTRY_AHEAD)
+
+
 cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t *out) noexcept nogil:
     # Rolling software pipeline (the rte_hash bulk-lookup idea without its stalls): while
     # packet j is processed, the slots of packet j + PF_SLOT_AHEAD and the entry of packet
@@ -1401,22 +1405,33 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
     # (slot prefetch, peek, entry prefetch): it is bound by the rate of random DRAM accesses
     # (a slot and an entry per packet), not by the distances (24/8, 32/16 and 48/24 measure
     # the same as 16/8); each burst refills the pipeline (~2 ns per packet at 256).
-    cdef uint32_t j
+    # The stages run a chunk of PF_CHUNK packets at a time, each in its own loop, ahead of the
+    # chunk's packets: the per-packet bounds tests go, and each loop keeps its few values in
+    # registers. The distances then vary within a chunk (a slot is peeked 8 packets after
+    # its prefetch, an entry 1 to 8 packets before its packet's turn, as above).
+    cdef uint32_t j, k, end, lim
+    cdef uint32_t ks = 0, ke = 0                # next packet for the key / entry stage
     cdef bint ctl_stage = c.tpl_bytes != 0      # only once there is a persistent service
     if n:
         _burst_clock_start(c, pkts[0].ts_ns)
-    for j in range(PF_SLOT_AHEAD if n > PF_SLOT_AHEAD else n):
-        _stage_key(c, &pkts[j], j & KEY_RING_MASK)
-    for j in range(PF_ENTRY_AHEAD if n > PF_ENTRY_AHEAD else n):
-        _stage_entry(c, j & KEY_RING_MASK)
-    for j in range(n):
-        if j + PF_SLOT_AHEAD < n:
-            _stage_key(c, &pkts[j + PF_SLOT_AHEAD], (j + PF_SLOT_AHEAD) & KEY_RING_MASK)
-        if j + PF_ENTRY_AHEAD < n:
-            _stage_entry(c, (j + PF_ENTRY_AHEAD) & KEY_RING_MASK)
-        if ctl_stage and j + PF_CTL_AHEAD < n:
-            _stage_control(c, (j + PF_CTL_AHEAD) & KEY_RING_MASK)
-        _process_packet(c, &pkts[j], &c.ring[j & KEY_RING_MASK], &out[j])
+    j = 0
+    while j < n:
+        end = j + PF_CHUNK if n - j > PF_CHUNK else n
+        lim = end + PF_SLOT_AHEAD if n - end > PF_SLOT_AHEAD else n
+        while ks < lim:
+            _stage_key(c, &pkts[ks], ks & KEY_RING_MASK)
+            ks += 1
+        lim = end + PF_ENTRY_AHEAD if n - end > PF_ENTRY_AHEAD else n
+        while ke < lim:
+            _stage_entry(c, ke & KEY_RING_MASK)
+            ke += 1
+        if ctl_stage:
+            lim = end + PF_CTL_AHEAD if n - end > PF_CTL_AHEAD else n
+            for k in range(j + PF_CTL_AHEAD, lim):
+                _stage_control(c, k & KEY_RING_MASK)
+        for k in range(j, end):
+            _process_packet(c, &pkts[k], &c.ring[k & KEY_RING_MASK], &out[k])
+        j = end
 
 
 # ---- decision dtype -----------------------------------------------------------------------------
