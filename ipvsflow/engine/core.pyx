@@ -1389,7 +1389,11 @@ cdef inline void _stage_control(core_t *c, uint32_t r) noexcept nogil:
 
 
 cdef enum:
-    PF_CHUNK = 8                # packets per turn of the burst pipeline's stages (<= PF_SLOT_AHEAD - PF_ENTRY_AHEAD)
+    PF_CHUNK = 8                # packets per turn of the burst pipeline's stages (<= PF_SLOT_AHEAD - PF_ENTRY_AHEAD,
+                                # divides KEY_RING)
+
+if KEY_RING % PF_CHUNK or PF_CHUNK > PF_SLOT_AHEAD - PF_ENTRY_AHEAD:
+    raise ImportError("burst pipeline: PF_CHUNK must divide KEY_RING and fit between the stages")
 
 
 cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t *out) noexcept nogil:
@@ -1411,6 +1415,7 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
     # its prefetch, an entry 1 to 8 packets before its packet's turn, as above).
     cdef uint32_t j, k, end, lim
     cdef uint32_t ks = 0, ke = 0                # next packet for the key / entry stage
+    cdef key_slot *sl
     cdef bint ctl_stage = c.tpl_bytes != 0      # only once there is a persistent service
     if n:
         _burst_clock_start(c, pkts[0].ts_ns)
@@ -1429,8 +1434,11 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
             lim = end + PF_CTL_AHEAD if n - end > PF_CTL_AHEAD else n
             for k in range(j + PF_CTL_AHEAD, lim):
                 _stage_control(c, k & KEY_RING_MASK)
+        # a chunk starts at a multiple of PF_CHUNK, which divides KEY_RING: its slots do not wrap
+        sl = &c.ring[j & KEY_RING_MASK]
         for k in range(j, end):
-            _process_packet(c, &pkts[k], &c.ring[k & KEY_RING_MASK], &out[k])
+            _process_packet(c, &pkts[k], sl, &out[k])
+            sl += 1
         j = end
 
 
