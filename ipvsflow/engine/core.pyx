@@ -1343,20 +1343,23 @@ cdef void _process_general(core_t *c, const pkt_desc *p, conn_key *key, decision
     _in_hook(c, ops, p, id, d)
 
 
-cdef inline void _stage_key(core_t *c, const pkt_desc *p, uint32_t r) noexcept nogil:
+cdef inline void _stage_key(core_t *c, const pkt_desc *p, key_slot *sl) noexcept nogil:
     # burst pipeline, first stage: the packet's in-key (the out-key of a reply from a real
-    # server has the same fields), hashed once for every lookup of the packet, into ring slot r,
-    # and the index slots its lookups will read prefetched. hash 0 (never a real signature): no key.
-    cdef key_slot *sl = &c.ring[r]
+    # server has the same fields), hashed once for every lookup of the packet, into its ring
+    # slot sl, and the index slots its lookups will read prefetched. hash 0 (never a real
+    # signature): no key.
     cdef conn_key *k = &sl.key
     cdef const proto_ops *ops = &PROTOS[p.proto]
+    cdef bint rs, out
     if likely(p.status == PS_OK and ops.modelled):
         _key_from_pkt(c.e.ct, k, p)
-        sl.rs = _filter_hit(c.rs_filter, p.src)
-        sl.out = sl.rs and c.nat_hashed != 0
+        rs = _filter_hit(c.rs_filter, p.src)
+        out = rs and c.nat_hashed != 0
+        sl.rs = rs
+        sl.out = out
         # a real server's packet is a reply the out index finds: its in-lookup (only after an
         # out miss) is not worth a line
-        if sl.out:
+        if out:
             ct_prefetch_out(c.e.ct, k.hash)
         else:
             ct_prefetch_in(c.e.ct, k.hash)
@@ -1364,12 +1367,11 @@ cdef inline void _stage_key(core_t *c, const pkt_desc *p, uint32_t r) noexcept n
         k.hash = 0
 
 
-cdef inline void _stage_entry(core_t *c, uint32_t r) noexcept nogil:
+cdef inline void _stage_entry(core_t *c, key_slot *sl) noexcept nogil:
     # second stage: the entry the first lookup will find, from its slot prefetched
     # PF_SLOT_AHEAD - PF_ENTRY_AHEAD packets earlier. Only a hint: the real lookups run in
     # packet order.
     cdef uint32_t id = CONN_NONE
-    cdef key_slot *sl = &c.ring[r]
     if sl.key.hash != 0:
         id = ct_peek_out(c.e.ct, sl.key.hash) if sl.out else ct_peek_in(c.e.ct, sl.key.hash)
         if id != CONN_NONE:
@@ -1416,6 +1418,7 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
     cdef uint32_t j, k, end, lim
     cdef uint32_t ks = 0, ke = 0                # next packet for the key / entry stage
     cdef key_slot *sl
+    cdef const pkt_desc *pk
     cdef bint ctl_stage = c.tpl_bytes != 0      # only once there is a persistent service
     if n:
         _burst_clock_start(c, pkts[0].ts_ns)
@@ -1423,12 +1426,14 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
     while j < n:
         end = j + PF_CHUNK if n - j > PF_CHUNK else n
         lim = end + PF_SLOT_AHEAD if n - end > PF_SLOT_AHEAD else n
+        pk = &pkts[ks]
         while ks < lim:
-            _stage_key(c, &pkts[ks], ks & KEY_RING_MASK)
+            _stage_key(c, pk, &c.ring[ks & KEY_RING_MASK])
             ks += 1
+            pk += 1
         lim = end + PF_ENTRY_AHEAD if n - end > PF_ENTRY_AHEAD else n
         while ke < lim:
-            _stage_entry(c, ke & KEY_RING_MASK)
+            _stage_entry(c, &c.ring[ke & KEY_RING_MASK])
             ke += 1
         if ctl_stage:
             lim = end + PF_CTL_AHEAD if n - end > PF_CTL_AHEAD else n
