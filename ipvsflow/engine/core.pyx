@@ -1391,11 +1391,11 @@ cdef inline void _stage_control(core_t *c, uint32_t r) noexcept nogil:
 
 
 cdef enum:
-    PF_CHUNK = 8                # packets per turn of the burst pipeline's stages (<= PF_SLOT_AHEAD - PF_ENTRY_AHEAD,
-                                # divides KEY_RING)
+    PF_CHUNK = 8                # packets per turn of the burst pipeline's stages
 
-if KEY_RING % PF_CHUNK or PF_CHUNK > PF_SLOT_AHEAD - PF_ENTRY_AHEAD:
-    raise ImportError("burst pipeline: PF_CHUNK must divide KEY_RING and fit between the stages")
+if (KEY_RING % PF_CHUNK or PF_SLOT_AHEAD % PF_CHUNK or PF_ENTRY_AHEAD % PF_CHUNK
+        or PF_CHUNK > PF_SLOT_AHEAD - PF_ENTRY_AHEAD or PF_SLOT_AHEAD + PF_CHUNK > KEY_RING):
+    raise ImportError("burst pipeline: PF_CHUNK must divide KEY_RING and the distances, and fit between them")
 
 
 cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t *out) noexcept nogil:
@@ -1413,8 +1413,11 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
     # the same as 16/8); each burst refills the pipeline (~2 ns per packet at 256).
     # The stages run a chunk of PF_CHUNK packets at a time, each in its own loop, ahead of the
     # chunk's packets: the per-packet bounds tests go, and each loop keeps its few values in
-    # registers. The distances then vary within a chunk (a slot is peeked 8 packets after
-    # its prefetch, an entry 1 to 8 packets before its packet's turn, as above).
+    # registers, walking its ring slots by pointer: a turn's packets start at a multiple of
+    # PF_CHUNK and are at most PF_CHUNK (the first key and entry turns: from 0, at most
+    # PF_SLOT_AHEAD + PF_CHUNK), and PF_CHUNK divides KEY_RING, so they never wrap. The
+    # distances then vary within a chunk (a slot is peeked a chunk after its prefetch, an
+    # entry prefetched 1 to 8 packets before its packet's turn).
     cdef uint32_t j, k, end, lim
     cdef uint32_t ks = 0, ke = 0                # next packet for the key / entry stage
     cdef key_slot *sl
@@ -1427,19 +1430,22 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
         end = j + PF_CHUNK if n - j > PF_CHUNK else n
         lim = end + PF_SLOT_AHEAD if n - end > PF_SLOT_AHEAD else n
         pk = &pkts[ks]
+        sl = &c.ring[ks & KEY_RING_MASK]
         while ks < lim:
-            _stage_key(c, pk, &c.ring[ks & KEY_RING_MASK])
+            _stage_key(c, pk, sl)
             ks += 1
             pk += 1
+            sl += 1
         lim = end + PF_ENTRY_AHEAD if n - end > PF_ENTRY_AHEAD else n
+        sl = &c.ring[ke & KEY_RING_MASK]
         while ke < lim:
-            _stage_entry(c, &c.ring[ke & KEY_RING_MASK])
+            _stage_entry(c, sl)
             ke += 1
+            sl += 1
         if ctl_stage:
             lim = end + PF_CTL_AHEAD if n - end > PF_CTL_AHEAD else n
             for k in range(j + PF_CTL_AHEAD, lim):
                 _stage_control(c, k & KEY_RING_MASK)
-        # a chunk starts at a multiple of PF_CHUNK, which divides KEY_RING: its slots do not wrap
         sl = &c.ring[j & KEY_RING_MASK]
         for k in range(j, end):
             _process_packet(c, &pkts[k], sl, &out[k])
