@@ -183,3 +183,58 @@ def test_packets_right_after_a_reused_entry_find_its_replacement():
     np.testing.assert_array_equal(ack2["conn"], syn["conn"])
     for e in engines:
         e.check_invariants()
+
+
+def test_bursts_of_any_length_decide_as_single_packets():
+    """The pipeline's stages run in turns of a few packets: bursts of every length around
+    those turns (shorter than one, one and a half, several and a remainder) decide as the same
+    packets one at a time, also when a burst starts with a timestamp that runs backwards,
+    when entries expire in the middle of a burst (0.1 s between packets, reset connections
+    closing after 10 s), and when a flush of a deleted server's entries is due at a burst's
+    first packet."""
+    from ipvsflow.config import parse_command
+    engines = [Engine(_config(), max_conns=20_000), Engine(_config(), max_conns=20_000)]
+    for eng in engines:
+        eng.set_sysctl("expire_nodest_conn", 1)
+    batch = PacketBatch.from_packets([(T0, FRAME)] * BURST)
+    view = batch.to_numpy()
+    n_dr, n_nat = 600, 300
+    _populate(engines, batch, view, 0, n_dr, False, 50)
+    rs = _populate(engines, batch, view, n_dr, n_nat, True, 50)
+    dest_addr = np.array([int.from_bytes(bytes(map(int, d["addr"].split("."))), "big")
+                          for d in engines[0].dests()])
+    rs_addr = dest_addr[rs]
+    rng = np.random.default_rng(11)
+    lengths = [1, 7, 8, 9, 15, 17, 23, 24, 25, 31, 33, 40, 3, 16]
+    fresh = n_dr + n_nat
+    ts = T0 + 10**9
+    for rnd in range(6):
+        conn, flags, nat, reply, broken, addr, new_rows, later = _burst(rng, n_dr, n_nat, fresh, rs_addr)
+        fresh += 12
+        t = ts + np.arange(BURST) * 10**8
+        _fill(view, conn, flags, t, nat, reply, addr, broken)
+        ts = int(t[-1]) + 10**8
+        if rnd == 3:
+            cmd = parse_command("-d -t 192.0.2.10:80 -r 10.98.0.2:80")
+            for eng in engines:
+                eng.apply(cmd)
+        start = 0
+        parts = []
+        while start < BURST:
+            stop = min(BURST, start + lengths[(rnd + len(parts)) % len(lengths)])
+            if rnd % 2 and len(parts) % 3 == 1:
+                view["ts_ns"][start] = view["ts_ns"][start] - 5 * 10**8     # runs backwards
+            parts.append((start, stop))
+            start = stop
+        whole = np.concatenate([engines[0].process(batch, a, b).copy() for a, b in parts])
+        single = np.concatenate([engines[1].process(batch, i, i + 1).copy() for i in range(BURST)])
+        for name in whole.dtype.names:
+            np.testing.assert_array_equal(whole[name], single[name], err_msg=name)
+    assert engines[0].counters == engines[1].counters
+    assert engines[0].counters["ts_backwards"] > 0 and engines[0].counters["expired"] > 0
+    assert engines[0].stats() == engines[1].stats()
+    keyed = [sorted((r["serial"], r["state"], r["destination"], r["expire"]) for r in e.connections())
+             for e in engines]
+    assert keyed[0] == keyed[1]
+    for e in engines:
+        e.check_invariants()
