@@ -392,16 +392,15 @@ cdef inline uint32_t _ct_peek(ct_index *ix, uint32_t hash) noexcept nogil:
         i = (i + 1) & ix.mask
 
 
-cdef inline void ct_timer_set_i(conntab *t, uint32_t id, int64_t deadline_ns) noexcept nogil:
+cdef inline void _ct_timer_later(conntab *t, conn_entry *e, uint32_t id, int64_t deadline_ns,
+                                 bint ok) noexcept nogil:
     # The hot case inline: an armed entry's deadline moves later. It stays filed where it
-    # is and the wheel re-files it when that bucket comes up.
+    # is and the wheel re-files it when that bucket comes up. ok: e is entry id's.
     # (One combined branch: separate ones on the freshly looked-up id measurably stall
-    # bulk lookups; an id out of range reads entry 0 and takes the checked slow path.)
-    cdef bint inrange = id < t.hwm
-    cdef conn_entry *e = &t.entries[id if inrange else 0]
+    # bulk lookups.)
     cdef ct_timers *w
     cdef int64_t old = e.deadline_ns
-    if inrange & ((e.xflags & (XF_USED | XF_TIMER)) == (XF_USED | XF_TIMER)) & \
+    if ok & ((e.xflags & (XF_USED | XF_TIMER)) == (XF_USED | XF_TIMER)) & \
             (deadline_ns >= old) & (e.tprev != CT_TP_READY):
         e.deadline_ns = deadline_ns
         w = <ct_timers *>t.timers
@@ -409,21 +408,19 @@ cdef inline void ct_timer_set_i(conntab *t, uint32_t id, int64_t deadline_ns) no
             w.next_valid = 0
         return
     ct_timer_set(t, id, deadline_ns)
+
+
+cdef inline void ct_timer_set_i(conntab *t, uint32_t id, int64_t deadline_ns) noexcept nogil:
+    # ct_timer_set, its hot case inline; an id out of range reads entry 0 and takes the
+    # checked slow path
+    cdef bint inrange = id < t.hwm
+    _ct_timer_later(t, &t.entries[id if inrange else 0], id, deadline_ns, inrange)
 
 
 cdef inline void ct_timer_set_e(conntab *t, conn_entry *e, uint32_t id, int64_t deadline_ns) noexcept nogil:
     # ct_timer_set_i for an entry the caller holds: e == &t.entries[id], id < t.hwm (a live
     # entry a lookup returned), so neither the range check nor the address is redone
-    cdef ct_timers *w
-    cdef int64_t old = e.deadline_ns
-    if ((e.xflags & (XF_USED | XF_TIMER)) == (XF_USED | XF_TIMER)) & \
-            (deadline_ns >= old) & (e.tprev != CT_TP_READY):
-        e.deadline_ns = deadline_ns
-        w = <ct_timers *>t.timers
-        if old == w.next_ns:
-            w.next_valid = 0
-        return
-    ct_timer_set(t, id, deadline_ns)
+    _ct_timer_later(t, e, id, deadline_ns, True)
 
 
 # Public inline variants (k.hash filled by ct_key_hash / ct_key_hash_i).
