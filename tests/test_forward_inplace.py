@@ -2,16 +2,16 @@
 holds them) gives the bytes and counters of the copying path, and every checksum recomputed
 from scratch (tests/forward_helpers.py, independent of ipvsflow's checksum code) is right.
 
-Random IPv4 TCP/UDP frames (scapy, valid checksums) in both directions, with IP options, VLAN
-tags, UDP checksums of 0xffff and TTLs down to 2; plus the UDP segment whose rewritten checksum
-computes to 0 and must go out as 0xffff."""
+Random IPv4 and IPv6 TCP/UDP frames (scapy, valid checksums) in both directions, with IP
+options or IPv6 extension headers, VLAN tags, UDP checksums of 0xffff and TTLs down to 2; plus
+the UDP segment whose rewritten checksum computes to 0 and must go out as 0xffff."""
 import struct
 
 from hypothesis import given, settings, HealthCheck, strategies as st
-from scapy.all import Ether, Dot1Q, IP, TCP, UDP, IPOption_RR
+from scapy.all import Ether, Dot1Q, IP, IPv6, IPv6ExtHdrHopByHop, TCP, UDP, IPOption_RR
 
 from forward_helpers import (
-    ACT_NEW, ACT_HIT, ACT_RESCHED, DIR_IN, DIR_OUT, CF_MASQ, RS, RS_NAT_TCP4, RS_NAT_UDP4,
+    ACT_NEW, ACT_HIT, ACT_RESCHED, DIR_IN, DIR_OUT, CF_MASQ, RS, RS_NAT_TCP4, RS_NAT_UDP4, RS_NAT_TCP6,
     addr16, batch_of, decisions, make_engine, check_accounting, check_all_checksums, l3_offset,
     ones_sum, forward_to_file,
 )
@@ -19,8 +19,10 @@ from ipvsflow.forward import Forwarder
 
 V4 = "10.0.0.100"
 CMAC, DMAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
+V6, C6 = "2001:db8::100", "2001:db8:c::10"
 NEIGH = {"192.0.2.10": "02:00:00:00:00:0c", RS[RS_NAT_TCP4]: "02:00:00:00:01:01",
-         RS[RS_NAT_UDP4]: "02:00:00:00:01:02"}
+         RS[RS_NAT_UDP4]: "02:00:00:00:01:02", C6: "02:00:00:00:00:6c",
+         RS[RS_NAT_TCP6]: "02:00:00:00:01:06"}
 ipv4 = st.tuples(st.integers(1, 223), st.integers(0, 255), st.integers(0, 255),
                  st.integers(1, 254)).map(lambda t: "%d.%d.%d.%d" % t)
 
@@ -168,3 +170,62 @@ def test_many_random_headers_keep_valid_checksums(tmp_path):
     assert c["in_place"] == len(frames) == c["forwarded"]
     for out in outs:
         check_all_checksums(_ip_of(out))
+
+
+ipv6 = st.lists(st.integers(0, 0xffff), min_size=8, max_size=8).map(
+    lambda w: "2001:db8:" + ":".join("%x" % x for x in w[2:]))
+case6 = st.fixed_dictionaries({
+    "out": st.booleans(), "udp": st.booleans(),
+    "client": st.one_of(st.just(C6), ipv6),
+    "cport": st.integers(1, 65535), "vport": st.integers(1, 65535), "rport": st.integers(1, 65535),
+    "hlim": st.integers(2, 255),
+    "ext": st.booleans(),                   # a hop-by-hop header: the general path's case
+    "vlan": st.sampled_from([None, 10]),
+    "payload": st.binary(max_size=40),
+    "action": st.sampled_from([ACT_NEW, ACT_HIT, ACT_RESCHED]),
+})
+
+
+def _frame6(c):
+    rs = RS[RS_NAT_TCP6]
+    src, dst = (rs, c["client"]) if c["out"] else (c["client"], V6)
+    sport, dport = (c["rport"], c["cport"]) if c["out"] else (c["cport"], c["vport"])
+    ip = IPv6(src=src, dst=dst, hlim=c["hlim"])
+    if c["ext"]:
+        ip = ip / IPv6ExtHdrHopByHop()
+    l4 = UDP(sport=sport, dport=dport) if c["udp"] else TCP(sport=sport, dport=dport, flags="A")
+    l2 = Ether(src=CMAC, dst=DMAC) / Dot1Q(vlan=c["vlan"]) if c["vlan"] else Ether(src=CMAC, dst=DMAC)
+    return bytes(l2 / ip / l4 / c["payload"])
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cases=st.lists(case6, min_size=1, max_size=16))
+def test_ipv6_in_place_equals_copy_and_checksums_hold(tmp_path, cases):
+    frames = [_frame6(c) for c in cases]
+    dec = decisions(len(cases), action=[c["action"] for c in cases],
+                    dir=[DIR_OUT if c["out"] else DIR_IN for c in cases], fwd=CF_MASQ, rs=RS_NAT_TCP6,
+                    dport=[c["rport"] for c in cases], vport=[c["vport"] for c in cases], vaddr=V6)
+    ip_outs, ip_c, buf = _run(frames, dec, True, tmp_path, "ip6.pcap")
+    cp_outs, cp_c, _ = _run(frames, dec, False, tmp_path, "cp6.pcap")
+    assert ip_outs == cp_outs
+    assert ip_c["in_place"] == len(cases) and ip_c["copied"] == 0
+    for k in ("forwarded", "nat_in", "nat_out", "dropped", "l2_unresolved"):
+        assert ip_c[k] == cp_c[k], k
+    assert bytes(buf) == b"".join(ip_outs)
+    for c, f, out in zip(cases, frames, ip_outs):
+        ip = _ip_of(out)
+        check_all_checksums(ip)
+        assert ip[7] == c["hlim"] - 1
+        l4 = ip[48:] if c["ext"] else ip[40:]
+        sport, dport = struct.unpack("!HH", l4[:4])
+        if c["out"]:
+            assert ip[8:24] == addr16(V6) and sport == c["vport"]
+            nh = NEIGH.get(c["client"])
+        else:
+            assert ip[24:40] == addr16(RS[RS_NAT_TCP6]) and dport == c["rport"]
+            nh = NEIGH[RS[RS_NAT_TCP6]]
+        if nh is None:
+            assert out[:12] == f[:12]
+        else:
+            assert out[:6] == bytes.fromhex(nh.replace(":", "")) and out[6:12] == f[:6]

@@ -217,7 +217,7 @@ ctypedef struct fwd_state:
     # last neighbour lookup (the next hop repeats across a burst): valid until the table
     # changes (neigh_set may move the slots), so every neigh_set here clears nc_valid
     uint8_t nc_valid
-    uint8_t fast_nat            # this burst may take _fast_nat4 (writable memory, Ethernet out)
+    uint8_t fast_nat            # this burst may take _fast_nat (writable memory, Ethernet out)
     uint8_t nc_addr[16]
     const uint8_t *nc_mac
 
@@ -362,13 +362,14 @@ cdef inline void _ttl_dec(uint8_t *ip, uint8_t af) noexcept nogil:
         ip[7] -= 1
 
 
-cdef inline bint _fast_nat4(fwd_state *s, const pkt_desc *p, const decision_t *d,
-                            out_rec *o) noexcept nogil:
-    """The live director's common case in one pass: an IPv4 TCP packet, or UDP with a
-    checksum, of a NAT connection (either direction), rewritten in place in an Ethernet frame
-    whose next hop is known. Does what _forward_one does with it, to the byte and the counter
-    (the TTL and address updates share one checksum fold: one's complement sums commute, and
-    the sums are never zero, so the result is the step-by-step one); False: nothing done."""
+cdef inline bint _fast_nat(fwd_state *s, const pkt_desc *p, const decision_t *d,
+                           out_rec *o) noexcept nogil:
+    """The live director's common case in one pass: a TCP packet, or UDP with a checksum, of a
+    NAT connection (either direction), IPv4 or IPv6 without extension headers, rewritten in
+    place in an Ethernet frame whose next hop is known. Does what _forward_one does with it, to
+    the byte and the counter (the TTL and address updates share one checksum fold: one's
+    complement sums commute, and the sums are never zero, so the result is the step-by-step
+    one); False: nothing done."""
     cdef uint16_t act = d.action
     cdef const dest_ent *de
     cdef const uint8_t *addr
@@ -378,14 +379,16 @@ cdef inline bint _fast_nat4(fwd_state *s, const pkt_desc *p, const decision_t *d
     cdef uint8_t *ip
     cdef uint8_t *l4
     cdef uint16_t port, w8
-    cdef uint32_t sum, aoff, poff, ck, olda, newa
-    cdef uint64_t acc
+    cdef uint32_t sum, aoff, poff, ck, k
+    cdef uint64_t acc, delta
     cdef bint snat
     if not (s.fast_nat and d.fwd == CF_MASQ and
             (act == ACT_HIT or act == ACT_NEW or act == ACT_RESCHED) and
-            p.status == OK and p.af == 4 and p.linktype == 1 and p.l3_off == p.l2_len and
+            p.status == OK and p.linktype == 1 and p.l3_off == p.l2_len and
             (p.proto == 6 or p.proto == 17) and p.l4_off != NO_OFF and p.ttl > 1 and
             p.data >= s.wbase and p.data + p.caplen <= s.wbase + s.wlen):
+        return False
+    if not (p.af == 4 or (p.af == 6 and p.l4_off == p.l3_off + 40)):
         return False
     if s.mtu and p.l3_len > s.mtu:
         return False
@@ -399,7 +402,7 @@ cdef inline bint _fast_nat4(fwd_state *s, const pkt_desc *p, const decision_t *d
         if d.rs < 0 or <uint32_t> d.rs >= s.n_dests:
             return False
         de = &s.dests[d.rs]
-        if de.af != 4:
+        if de.af != p.af:
             return False
         snat = False
         addr = de.addr
@@ -417,28 +420,33 @@ cdef inline bint _fast_nat4(fwd_state *s, const pkt_desc *p, const decision_t *d
     mac = _neigh_lookup(s, nh)
     if mac == NULL:
         return False
-    aoff = 12 if snat else 16
     poff = 0 if snat else 2
     # The sums run on the words as they lie in memory (one load each): a one's complement sum
     # of byte-swapped words is the byte-swapped sum (RFC 1071 2(B)), and a 32-bit word adds
-    # its two 16-bit halves (2^16 = 1 mod 0xffff), folded at the end.
-    olda = ld32(ip + aoff)
-    newa = ld32(addr + 12)
-    # IP header: TTL - 1 and the address, one update of the header checksum
-    w8 = ld16(ip + 8)
-    acc = <uint64_t> (0xffff - ld16(ip + 10)) + (0xffff - w8) + <uint16_t> (w8 - TTL_ONE)
-    acc += <uint32_t> ~olda + <uint64_t> newa
-    ip[8] -= 1
-    st16(ip + 10, <uint16_t> ~fold16(acc))
+    # its two 16-bit halves (2^16 = 1 mod 0xffff), folded at the end. delta: the address change.
+    if p.af == 4:
+        aoff = 12 if snat else 16
+        delta = <uint32_t> ~ld32(ip + aoff) + <uint64_t> ld32(addr + 12)
+        # IP header: TTL - 1 and the address, one update of the header checksum
+        w8 = ld16(ip + 8)
+        acc = <uint64_t> (0xffff - ld16(ip + 10)) + (0xffff - w8) + <uint16_t> (w8 - TTL_ONE)
+        ip[8] -= 1
+        st16(ip + 10, <uint16_t> ~fold16(acc + delta))
+        memcpy(ip + aoff, addr + 12, 4)
+    else:
+        aoff = 8 if snat else 24
+        delta = 0
+        for k in range(0, 16, 4):
+            delta += <uint32_t> ~ld32(ip + aoff + k) + <uint64_t> ld32(addr + k)
+        ip[7] -= 1                  # hop limit (no header checksum)
+        memcpy(ip + aoff, addr, 16)
     # L4: the address (pseudo-header) and the port
     port = net16(port)
-    acc = <uint64_t> (0xffff - ld16(l4 + ck)) + (0xffff - ld16(l4 + poff)) + port
-    acc += <uint32_t> ~olda + <uint64_t> newa
+    acc = <uint64_t> (0xffff - ld16(l4 + ck)) + (0xffff - ld16(l4 + poff)) + port + delta
     sum = ~fold16(acc) & 0xffff
     if sum == 0 and ck == 6:
         sum = 0xffff                # UDP: a computed 0 is sent as 0xffff (RFC 768)
     st16(l4 + ck, <uint16_t> sum)
-    memcpy(ip + aoff, addr + 12, 4)
     st16(l4 + poff, port)
     if s.have_dmac:
         memcpy(f + 6, s.dmac, 6)
@@ -471,7 +479,7 @@ cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
     cdef bint post_nat = False
     cdef uint8_t *f
     cdef frame_t fr
-    # (the caller has learned from the packet and tried _fast_nat4)
+    # (the caller has learned from the packet and tried _fast_nat)
     if s.may_refresh and d.rs >= 0 and <uint32_t> d.rs >= s.n_dests:
         o.kind = OUT_REFRESH
         return
@@ -660,7 +668,7 @@ cdef uint32_t _forward_range(fwd_state *s, const pkt_desc *pk, const decision_t 
     while i < m:
         if s.learn:
             _learn(s, &pk[i])
-        if _fast_nat4(s, &pk[i], &dec[i], &outs[i]):
+        if _fast_nat(s, &pk[i], &dec[i], &outs[i]):
             n += 1
             i += 1
             continue
