@@ -11,11 +11,28 @@ cdef extern from *:
     """
     #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     #define IPVSFLOW_HOST_BE 1
+    #define ipvsflow_net16(v) ((uint16_t)(v))
+    #define IPVSFLOW_TTL_ONE 0x100
     #else
     #define IPVSFLOW_HOST_BE 0
+    #define ipvsflow_net16(v) ((uint16_t)__builtin_bswap16((uint16_t)(v)))
+    #define IPVSFLOW_TTL_ONE 1
     #endif
+    #include <string.h>
+    static inline uint16_t ipvsflow_ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+    static inline uint32_t ipvsflow_ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+    static inline void ipvsflow_st16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
     """
     const int IPVSFLOW_HOST_BE
+    # Words as they lie in memory (native order), for sums that need no byte swap: a one's
+    # complement sum of byte-swapped words is the byte-swapped sum (RFC 1071 2(B)). net16: a
+    # host-order value as it lies in a packet. TTL_ONE: TTL - 1 in the native word of TTL and
+    # protocol.
+    uint16_t ld16 "ipvsflow_ld16"(const uint8_t *p) noexcept nogil
+    uint32_t ld32 "ipvsflow_ld32"(const uint8_t *p) noexcept nogil
+    void st16 "ipvsflow_st16"(uint8_t *p, uint16_t v) noexcept nogil
+    uint16_t net16 "ipvsflow_net16"(uint16_t v) noexcept nogil
+    const uint16_t TTL_ONE "IPVSFLOW_TTL_ONE"
 
 
 cdef inline uint16_t rd16(const uint8_t *b) noexcept nogil:
@@ -42,6 +59,14 @@ cdef inline uint32_t csum_fold(uint64_t s) noexcept nogil:
     """One's complement fold of a wide sum to 16 bits (end-around carries), not inverted."""
     s = (s & 0xffffffffULL) + (s >> 32)
     s = (s & 0xffffffffULL) + (s >> 32)
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    return <uint32_t> s
+
+
+cdef inline uint32_t csum_fold48(uint64_t s) noexcept nogil:
+    """csum_fold for a sum below 2^48 (a few dozen words): three 16-bit folds."""
+    s = (s & 0xffff) + (s >> 16)
     s = (s & 0xffff) + (s >> 16)
     s = (s & 0xffff) + (s >> 16)
     return <uint32_t> s

@@ -62,7 +62,9 @@ from ipvsflow.engine.defs cimport (
     decision_t, ACT_NEW, ACT_HIT, ACT_RESCHED, ACT_DROP, ACT_PASS, ACT_INVALID, DIR_IN, DIR_OUT,
 )
 from ipvsflow.engine.conntab cimport CF_MASQ, CF_LOCALNODE, CF_TUNNEL, CF_DROUTE, CF_BYPASS
-from ipvsflow.forward.checksum cimport rd16, wr16, csum_replace16
+from ipvsflow.forward.checksum cimport (
+    rd16, wr16, csum_replace16, csum_fold48, ld16, ld32, st16, net16, TTL_ONE,
+)
 from ipvsflow.forward.common cimport (
     NO_OFF, LT_ANY, TUN_IPIP, TUN_GUE, TUN_GRE, dest_ent, frame_t,
     l2_hdr_len, lt_carries, set_l2_proto, build_l2, l2_src_mac, sll_outgoing,
@@ -122,34 +124,6 @@ COUNTER_HELP = {
     "local_unwritable": "passed packets the local sink's link type cannot carry",
     "post_nat": "NAT replies already showing VIP:vport (captured after the director), kept",
 }
-cdef extern from *:
-    """
-    #include <string.h>
-    /* 16-bit words as they lie in memory, and a host-order value as it lies in a packet */
-    static inline uint16_t ipvsflow_ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
-    static inline void ipvsflow_st16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-    static inline uint32_t ipvsflow_ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-    /* one's complement fold of a sum below 2^48 to 16 bits (not inverted) */
-    static inline uint32_t ipvsflow_fold16(uint64_t s) {
-        s = (s & 0xffff) + (s >> 16); s = (s & 0xffff) + (s >> 16); s = (s & 0xffff) + (s >> 16);
-        return (uint32_t)s;
-    }
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    #define ipvsflow_net16(v) ((uint16_t)(v))
-    #define IPVSFLOW_TTL_ONE 0x100
-    #else
-    #define ipvsflow_net16(v) ((uint16_t)__builtin_bswap16((uint16_t)(v)))
-    #define IPVSFLOW_TTL_ONE 1
-    #endif
-    """
-    uint16_t ld16 "ipvsflow_ld16"(const uint8_t *p) noexcept nogil
-    uint32_t ld32 "ipvsflow_ld32"(const uint8_t *p) noexcept nogil
-    uint32_t fold16 "ipvsflow_fold16"(uint64_t s) noexcept nogil
-    void st16 "ipvsflow_st16"(uint8_t *p, uint16_t v) noexcept nogil
-    uint16_t net16 "ipvsflow_net16"(uint16_t v) noexcept nogil
-    const uint16_t TTL_ONE "IPVSFLOW_TTL_ONE"     # TTL - 1 in the word of TTL and protocol
-
-
 METHOD_COUNTERS = ("nat_in", "nat_out", "dr", "tun", "bypass", "routed")
 DROP_COUNTERS = ("engine_drop", "ttl_expired", "too_big", "no_neighbour", "no_tunnel_source",
                  "bad_decision", "linktype")
@@ -431,7 +405,7 @@ cdef inline bint _fast_nat(fwd_state *s, const pkt_desc *p, const decision_t *d,
         w8 = ld16(ip + 8)
         acc = <uint64_t> (0xffff - ld16(ip + 10)) + (0xffff - w8) + <uint16_t> (w8 - TTL_ONE)
         ip[8] -= 1
-        st16(ip + 10, <uint16_t> ~fold16(acc + delta))
+        st16(ip + 10, <uint16_t> ~csum_fold48(acc + delta))
         memcpy(ip + aoff, addr + 12, 4)
     else:
         aoff = 8 if snat else 24
@@ -443,7 +417,7 @@ cdef inline bint _fast_nat(fwd_state *s, const pkt_desc *p, const decision_t *d,
     # L4: the address (pseudo-header) and the port
     port = net16(port)
     acc = <uint64_t> (0xffff - ld16(l4 + ck)) + (0xffff - ld16(l4 + poff)) + port + delta
-    sum = ~fold16(acc) & 0xffff
+    sum = ~csum_fold48(acc) & 0xffff
     if sum == 0 and ck == 6:
         sum = 0xffff                # UDP: a computed 0 is sent as 0xffff (RFC 768)
     st16(l4 + ck, <uint16_t> sum)
