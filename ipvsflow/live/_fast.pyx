@@ -749,13 +749,16 @@ cdef inline bint _sink_quick(AfPacketSink s, uint8_t *f, uint32_t caplen,
     return False
 
 
+cdef inline void _count_into(const decision_t *d, Py_ssize_t n, uint64_t *counts) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        counts[((d[i].action & 7) << 6) | (d[i].reason & 63)] += 1
+
+
 def count_decisions(decisions, uint64_t[::1] counts):
     """Add one per decision to ``counts[action * 64 + reason]`` (actions < 8, reasons < 64).
     ``decisions`` is a contiguous array of decision records (Engine.process output)."""
     cdef Py_buffer view
-    cdef const decision_t *d
-    cdef Py_ssize_t n, i
-    cdef uint32_t k
     if counts.shape[0] < 512:
         raise ValueError("counts needs 512 slots")
     # the buffer protocol directly: no numpy call per burst
@@ -763,12 +766,8 @@ def count_decisions(decisions, uint64_t[::1] counts):
     try:
         if view.len % sizeof(decision_t):
             raise ValueError(f"decision buffer of {view.len} bytes is not whole records")
-        d = <const decision_t *> view.buf
-        n = view.len // sizeof(decision_t)
         with nogil:
-            for i in range(n):
-                k = ((d[i].action & 7) << 6) | (d[i].reason & 63)
-                counts[k] += 1
+            _count_into(<const decision_t *> view.buf, view.len // sizeof(decision_t), &counts[0])
     finally:
         PyBuffer_Release(&view)
 
@@ -826,8 +825,8 @@ cdef class RingLoop:
     so a burst makes no Python call (a slow sender's blocks retire on their timer with few
     packets each, and a fixed cost per burst is shared by only those). ``run`` also waits for
     the rings and the control descriptor (epoll: its cost does not grow with the number of
-    descriptors, unlike poll()'s). The GIL is kept
-    throughout: a worker process has no other thread to give it to.
+    descriptors, unlike poll()'s). The GIL is kept throughout: a worker process has no other
+    thread to give it to.
     ``forwarder`` is an attribute: the worker replaces it when its neighbours change.
     """
     cdef list _rings
@@ -924,13 +923,6 @@ cdef class RingLoop:
                                                                 b"ipvsflow.forward_burst")
         self._forwarder = fwd
 
-    cdef void _count(self, uint32_t n) noexcept:
-        cdef const decision_t *d = self._dec
-        cdef uint32_t i
-        cdef uint64_t *counts = &self._counts[0]
-        for i in range(n):
-            counts[((d[i].action & 7) << 6) | (d[i].reason & 63)] += 1
-
     cdef int _burst(self, uint32_t i, uint32_t *got) except -1:
         """One burst of ring i; got = packets read. Returns the blocks handed back."""
         cdef RxRing ring = <RxRing> self._rp[i]
@@ -946,7 +938,7 @@ cdef class RingLoop:
                 if self._capture is not None:
                     self._capture.write_batch(batch)
                 self._eburst(self._engine, batch, n, self._dec)
-                self._count(n)
+                _count_into(self._dec, n, &self._counts[0])
                 self._sink._in_port = self._rin[i]
                 self._fburst(self._forwarder, batch, self._dec, n, self._sink)
             finally:
