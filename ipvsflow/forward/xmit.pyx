@@ -63,7 +63,7 @@ from ipvsflow.engine.defs cimport (
 )
 from ipvsflow.engine.conntab cimport CF_MASQ, CF_LOCALNODE, CF_TUNNEL, CF_DROUTE, CF_BYPASS
 from ipvsflow.forward.checksum cimport (
-    rd16, wr16, csum_replace16, csum_fold48, ld16, ld32, st16, net16, TTL_ONE,
+    rd16, wr16, csum_replace16, csum_fold48, ld16, st16, TTL_ONE,
 )
 from ipvsflow.forward.common cimport (
     NO_OFF, LT_ANY, TUN_IPIP, TUN_GUE, TUN_GRE, dest_ent, frame_t,
@@ -77,7 +77,7 @@ from ipvsflow.forward.neigh cimport (
     neigh_table, neigh_ent, neigh_new, neigh_free, neigh_set, neigh_get, NEIGH_LEARNED,
     NEIGH_STATIC, NEIGH_EMPTY,
 )
-from ipvsflow.forward.nat cimport nat_rewrite
+from ipvsflow.forward.nat cimport nat_rewrite, nat_addr_delta, nat_l4_update
 from ipvsflow.forward.tun cimport tun_encap_len, tun_encap
 from ipvsflow.forward.sinks cimport NullSink
 from ipvsflow.forward.sinks import check_linktype
@@ -353,7 +353,7 @@ cdef inline bint _fast_nat(fwd_state *s, const pkt_desc *p, const decision_t *d,
     cdef uint8_t *ip
     cdef uint8_t *l4
     cdef uint16_t port, w8
-    cdef uint32_t sum, aoff, poff, ck, k
+    cdef uint32_t aoff, poff, ck
     cdef uint64_t acc, delta
     cdef bint snat
     if not (s.fast_nat and d.fwd == CF_MASQ and
@@ -395,12 +395,9 @@ cdef inline bint _fast_nat(fwd_state *s, const pkt_desc *p, const decision_t *d,
     if mac == NULL:
         return False
     poff = 0 if snat else 2
-    # The sums run on the words as they lie in memory (one load each): a one's complement sum
-    # of byte-swapped words is the byte-swapped sum (RFC 1071 2(B)), and a 32-bit word adds
-    # its two 16-bit halves (2^16 = 1 mod 0xffff), folded at the end. delta: the address change.
     if p.af == 4:
         aoff = 12 if snat else 16
-        delta = <uint32_t> ~ld32(ip + aoff) + <uint64_t> ld32(addr + 12)
+        delta = nat_addr_delta(ip + aoff, addr + 12, 4)
         # IP header: TTL - 1 and the address, one update of the header checksum
         w8 = ld16(ip + 8)
         acc = <uint64_t> (0xffff - ld16(ip + 10)) + (0xffff - w8) + <uint16_t> (w8 - TTL_ONE)
@@ -409,19 +406,10 @@ cdef inline bint _fast_nat(fwd_state *s, const pkt_desc *p, const decision_t *d,
         memcpy(ip + aoff, addr + 12, 4)
     else:
         aoff = 8 if snat else 24
-        delta = 0
-        for k in range(0, 16, 4):
-            delta += <uint32_t> ~ld32(ip + aoff + k) + <uint64_t> ld32(addr + k)
+        delta = nat_addr_delta(ip + aoff, addr, 16)
         ip[7] -= 1                  # hop limit (no header checksum)
         memcpy(ip + aoff, addr, 16)
-    # L4: the address (pseudo-header) and the port
-    port = net16(port)
-    acc = <uint64_t> (0xffff - ld16(l4 + ck)) + (0xffff - ld16(l4 + poff)) + port + delta
-    sum = ~csum_fold48(acc) & 0xffff
-    if sum == 0 and ck == 6:
-        sum = 0xffff                # UDP: a computed 0 is sent as 0xffff (RFC 768)
-    st16(l4 + ck, <uint16_t> sum)
-    st16(l4 + poff, port)
+    nat_l4_update(l4, ck, poff, port, delta)
     if s.have_dmac:
         memcpy(f + 6, s.dmac, 6)
     else:
