@@ -557,6 +557,14 @@ REUSE_DECISIONS = (None, "kept", "rescheduled", "dropped", "dest_deleted")
 cdef uint8_t R_DEST_DELETED_CODE = 0xff
 
 
+cdef void *_realloc(void *p, size_t n) except NULL:
+    # realloc, or MemoryError (p stays valid then)
+    cdef void *q = realloc(p, n)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
 cdef class ConnLog:
     """Connection rows built while the decisions stream by (see conns.py for the output)."""
     cdef crow *rows
@@ -583,28 +591,18 @@ cdef class ConnLog:
 
     cdef int _reserve(self, uint32_t m, uint64_t max_serial) except -1:
         cdef uint64_t n
-        cdef void *q
         if self.nrows + m > self.cap:
             n = max(self.cap * 2, self.nrows + m, 4096)
-            q = realloc(self.rows, n * sizeof(crow))
-            if q == NULL:
-                raise MemoryError()
-            self.rows = <crow *>q
+            self.rows = <crow *>_realloc(self.rows, n * sizeof(crow))
             self.cap = n
         if max_serial + 1 > self.row_of_cap:
             n = max(self.row_of_cap * 2, max_serial + 1, 4096)
-            q = realloc(self.row_of, n * sizeof(uint32_t))
-            if q == NULL:
-                raise MemoryError()
-            memset(<uint32_t *>q + self.row_of_cap, 0, (n - self.row_of_cap) * sizeof(uint32_t))
-            self.row_of = <uint32_t *>q
+            self.row_of = <uint32_t *>_realloc(self.row_of, n * sizeof(uint32_t))
+            memset(self.row_of + self.row_of_cap, 0, (n - self.row_of_cap) * sizeof(uint32_t))
             self.row_of_cap = n
         if self.ndrops + m > self.drops_cap:
             n = max(self.drops_cap * 2, self.ndrops + m, 256)
-            q = realloc(self.drops, n * sizeof(dropev))
-            if q == NULL:
-                raise MemoryError()
-            self.drops = <dropev *>q
+            self.drops = <dropev *>_realloc(self.drops, n * sizeof(dropev))
             self.drops_cap = n
         return 0
 
@@ -1023,7 +1021,6 @@ cdef class EndpointDict:
         cdef uint32_t slots
         cdef int32_t ncap
         cdef Py_ssize_t need
-        cdef void *q
         slots = self.kmask + 1
         while 2 * (self.nkeys + m) > slots:
             slots *= 2
@@ -1031,16 +1028,10 @@ cdef class EndpointDict:
             self._grow_keys(slots)
         if self.n + <int32_t>m > self.ncap:
             ncap = max(self.ncap * 2, self.n + <int32_t>m)
-            q = realloc(self.off, (ncap + 1) * sizeof(int32_t))
-            if q == NULL:
-                raise MemoryError()
-            self.off = <int32_t *>q
+            self.off = <int32_t *>_realloc(self.off, (ncap + 1) * sizeof(int32_t))
             if self.ncap == 0:
                 self.off[0] = 0
-            q = realloc(self.thash, ncap * sizeof(uint64_t))
-            if q == NULL:
-                raise MemoryError()
-            self.thash = <uint64_t *>q
+            self.thash = <uint64_t *>_realloc(self.thash, ncap * sizeof(uint64_t))
             self.ncap = ncap
         slots = self.tmask + 1
         while 2 * (<uint32_t>self.n + m) > slots:
@@ -1050,10 +1041,7 @@ cdef class EndpointDict:
         need = self.off[self.n] + <Py_ssize_t>m * EP_TEXT_MAX
         if need > self.blob_cap:
             need = max(need, 2 * self.blob_cap)
-            q = realloc(self.blob, need)
-            if q == NULL:
-                raise MemoryError()
-            self.blob = <char *>q
+            self.blob = <char *>_realloc(self.blob, need)
             self.blob_cap = need
         return 0
 
@@ -1152,13 +1140,9 @@ cdef class ColumnChunk:
 
     cdef int _reserve(self, uint32_t m) except -1:
         cdef Py_ssize_t need = self.client_off[self.n] + <Py_ssize_t>m * EP_TEXT_MAX
-        cdef void *q
         if need > self.text_cap:
             need = max(need, self.text_cap * 2)
-            q = realloc(self.client_text, need)
-            if q == NULL:
-                raise MemoryError()
-            self.client_text = <char *>q
+            self.client_text = <char *>_realloc(self.client_text, need)
             self.text_cap = need
         self.vip_dict._reserve(m)
         self.rs_dict._reserve(m)
@@ -1254,12 +1238,8 @@ cdef class DecisionEncoder:
         return self._n_rs
 
     cdef int _reserve(self, Py_ssize_t n) except -1:
-        cdef void *q
         if n > self.cap:
-            q = realloc(self.buf, n)
-            if q == NULL:
-                raise MemoryError()
-            self.buf = <char *>q
+            self.buf = <char *>_realloc(self.buf, n)
             self.cap = n
         return 0
 
