@@ -111,9 +111,10 @@ class Bursts:
 VIP_BYTES = np.array([192, 0, 2, 10], dtype=np.uint8)
 
 
-def populate(eng, bursts, n, rs=None, first=0, t0=T0):
-    """n SYNs of connections first, first + 1, ... from time t0; returns the seconds spent in
-    process(). rs: array receiving each connection's real-server id."""
+def _timed_sweep(eng, bursts, n, prepare, rs=None):
+    """Packets 0 .. n-1 in bursts, each burst's views set by prepare(view, idx) (idx: the
+    BURST packet numbers from the burst's first); returns the seconds spent in process().
+    rs: array receiving each packet's real-server id."""
     spent = 0.0
     i = 0
     while i < n:
@@ -121,8 +122,7 @@ def populate(eng, bursts, n, rs=None, first=0, t0=T0):
             if i >= n:
                 break
             m = min(BURST, n - i)
-            idx = np.arange(i, i + BURST, dtype=np.int64)
-            bursts.fill(v, first + idx, 0x02, t0 + idx * 5)
+            prepare(v, np.arange(i, i + BURST, dtype=np.int64))
             t = cpu()
             dec = eng.process(b, 0, m)
             spent += cpu() - t
@@ -130,6 +130,12 @@ def populate(eng, bursts, n, rs=None, first=0, t0=T0):
                 rs[i:i + m] = dec["rs"]
             i += m
     return spent
+
+
+def populate(eng, bursts, n, rs=None, first=0, t0=T0):
+    """n SYNs of connections first, first + 1, ... from time t0; returns the seconds spent in
+    process(). rs: array receiving each connection's real-server id."""
+    return _timed_sweep(eng, bursts, n, lambda v, idx: bursts.fill(v, first + idx, 0x02, t0 + idx * 5), rs)
 
 
 def hits(eng, bursts, n_live, n_hits, rng, new_from, reply_frac=0.0, rs_addr=None, sctp=False):
@@ -322,26 +328,14 @@ def sweep(eng, bursts, n, chunk, reply, t0, rs_addr=None, rs=None):
     """One packet of each association 0 .. n-1 in order, first chunk ``chunk``, from the client
     or (reply) from its real server (rs_addr per association); seconds spent in process().
     rs: array receiving each association's real-server id."""
-    spent = 0.0
-    i = 0
     mask = np.full(BURST, bool(reply))
     none = np.zeros(BURST, dtype=np.int64)
-    while i < n:
-        for b, v in zip(bursts.batches, bursts.views):
-            if i >= n:
-                break
-            m = min(BURST, n - i)
-            idx = np.arange(i, i + BURST, dtype=np.int64)
-            bursts.fill(v, idx, 0, t0 + idx * 5)
-            v["sctp_chunk"] = chunk
-            bursts.swap_replies(v, mask, rs_addr[np.minimum(idx, n - 1)] if reply else none)
-            t = cpu()
-            dec = eng.process(b, 0, m)
-            spent += cpu() - t
-            if rs is not None:
-                rs[i:i + m] = dec["rs"]
-            i += m
-    return spent
+
+    def prepare(v, idx):
+        bursts.fill(v, idx, 0, t0 + idx * 5)
+        v["sctp_chunk"] = chunk
+        bursts.swap_replies(v, mask, rs_addr[np.minimum(idx, n - 1)] if reply else none)
+    return _timed_sweep(eng, bursts, n, prepare, rs)
 
 
 def _active(eng):
