@@ -1160,6 +1160,11 @@ cdef class ColumnChunk:
         return PyBytes_FromStringAndSize(self.client_text, self.client_off[self.n])
 
 
+cdef inline Py_ssize_t _text_bound(uint32_t m) noexcept nogil:
+    # an upper bound of the text of m rows (a row is under 400 bytes)
+    return <Py_ssize_t>m * 400 + 64
+
+
 cdef class DecisionEncoder:
     """Formats decisions: JSON lines or CSV text (``encode`` returns bytes, ``encode_into`` fills
     a caller's buffer), or the columns of a Parquet chunk (``columns``). Name tables come from
@@ -1351,19 +1356,24 @@ cdef class DecisionEncoder:
     @staticmethod
     def max_bytes(uint32_t m):
         """An upper bound of the text of ``m`` rows (what encode_into needs free)."""
-        return <Py_ssize_t>m * 400 + 64
+        return _text_bound(m)
 
-    def encode(self, PacketBatch batch not None, uint32_t start, uint32_t stop, dec):
-        """JSON lines or CSV rows of packets [start, stop) as bytes."""
-        cdef uint32_t m = stop - start
+    cdef const decision_t *_rows_of(self, PacketBatch batch, uint32_t start, uint32_t stop,
+                                    dec) except? NULL:
+        # encode/encode_into's checks; the decision records of packets [start, stop)
         if self.fmt == FMT_COLUMNS:
             raise ValueError("this encoder makes columns (use columns())")
         if stop > batch.count or start > stop:
             raise ValueError("packet range outside the batch")
-        cdef const decision_t *dp = _dec_buf(dec, m)
+        return _dec_buf(dec, stop - start)
+
+    def encode(self, PacketBatch batch not None, uint32_t start, uint32_t stop, dec):
+        """JSON lines or CSV rows of packets [start, stop) as bytes."""
+        cdef uint32_t m = stop - start
+        cdef const decision_t *dp = self._rows_of(batch, start, stop, dec)
         if m == 0:
             return b""
-        self._reserve(<Py_ssize_t>m * 400 + 64)
+        self._reserve(_text_bound(m))
         cdef Py_ssize_t n
         with nogil:
             n = self._encode(self.buf, batch.pkts + start, dp, m)
@@ -1376,16 +1386,12 @@ cdef class DecisionEncoder:
         cdef uint32_t m = stop - start
         cdef Py_buffer view
         cdef Py_ssize_t n = 0
-        if self.fmt == FMT_COLUMNS:
-            raise ValueError("this encoder makes columns (use columns())")
-        if stop > batch.count or start > stop:
-            raise ValueError("packet range outside the batch")
-        cdef const decision_t *dp = _dec_buf(dec, m)
+        cdef const decision_t *dp = self._rows_of(batch, start, stop, dec)
         if m == 0:
             return pos
         PyObject_GetBuffer(out, &view, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
         try:
-            if pos < 0 or view.len - pos < <Py_ssize_t>m * 400 + 64:
+            if pos < 0 or view.len - pos < _text_bound(m):
                 raise ValueError("not enough room in the output buffer")
             with nogil:
                 n = self._encode(<char *>view.buf + pos, batch.pkts + start, dp, m)
