@@ -6,8 +6,9 @@ its own engine: per-core connection tables, as DPVS does; both directions of a c
 the same worker through a PACKET_FANOUT_CBPF program hashing the client), then drops to
 ``--user`` if asked. It then only serves the control socket, reloads the rules on SIGHUP
 (applying the difference as ipvsadm edits, so connections survive), collects the workers'
-counters every second (the periodic stats line and the Prometheus metrics read them), and on
-SIGINT/SIGTERM stops the workers after their current burst and prints the final statistics.
+counters when something reads them (each periodic stats line, each control request, and every
+second while the Prometheus metrics are served), and on SIGINT/SIGTERM stops the workers after
+their current burst and prints the final statistics.
 """
 from __future__ import annotations
 
@@ -580,6 +581,10 @@ class Director:
 
     def serve_forever(self) -> int:
         o = self.opts
+        # A snapshot costs each worker a request between bursts and this process the merge:
+        # taken only for a reader (the metrics endpoint, refreshed every SNAPSHOT_EVERY; the
+        # stats line; control requests). The workers' health is checked at the same pace.
+        collect_every = o.metrics is not None
         next_snap = time.monotonic() + SNAPSHOT_EVERY
         next_line = time.monotonic() + o.stats_interval if o.stats_interval > 0 else float("inf")
         self._line_prev = self.latest
@@ -619,9 +624,12 @@ class Director:
                     self._check_workers()
                     if self._stop:
                         break
-                    self.collect()
+                    if collect_every:
+                        self.collect()
                 if now >= next_line:
                     next_line = now + o.stats_interval
+                    if not collect_every:
+                        self.collect()
                     print(self.stats_line(self.latest, self._line_prev), file=self.out, flush=True)
                     self._line_prev = self.latest
         except DirectorError as exc:

@@ -305,7 +305,7 @@ class Worker:
             "sink": self.sink.counters(),
             "forward": self.forward_counters(),
             "loop": {"bursts": self.loop.bursts, "polls": self.loop.polls},
-            "decisions": [int(x) for x in self.decisions],
+            "decisions": self.decisions.tolist(),
             "engine": self.engine.stats(),
             "conn_count": int(self.engine.conn_count),
             "timeouts": self.engine.timeouts(),
