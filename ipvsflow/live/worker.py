@@ -33,7 +33,7 @@ ADVANCE_S = 0.25
 RS_CHECK_S = 1.0
 MAX_BURSTS = 64
 PREFAULT_CONNS = 1 << 16
-IDLE_MS = 100
+IDLE_MS = -1                    # an idle worker sleeps until housekeeping is due (at most ADVANCE_S)
 
 
 @dataclass
