@@ -34,7 +34,9 @@ Reported per receiver: sender rate, packets received, kernel drops (ring full), 
 forwarded, and receiver CPU ns per packet (its process CPU time over the blast / packets
 received), with the ratio to the floor (``floor fwd`` for the forwarding rows) at the same
 rate, and for ipvsflow the packets per burst (a burst: one engine and forwarder call; with
-a slow sender a block retires on its timer holding few packets). Figures, not assertions.
+a slow sender a block retires on its timer holding few packets) and the busy ns per packet
+(the worker loop's time between waits: its processing; the rest of its CPU time is mostly
+the kernel's wakeups, which the floor pays too). Figures, not assertions.
 Run: ``pytest bench/bench_live.py`` (root; IPVSFLOW_BENCH_LIVE_SECONDS, default 4).
 """
 from __future__ import annotations
@@ -142,6 +144,7 @@ def _ipvsflow(t: Topology, pps: int, *extra) -> dict:
         st = d.status()
         pids = [d.proc.pid] + st["pids"]
         bursts0 = st.get("loop", {}).get("bursts", 0)
+        busy0 = st.get("loop", {}).get("busy_ns", 0)
         cpu0 = _cpu_seconds(pids)
         snd = _blast(t, pps)
         time.sleep(0.3)
@@ -153,10 +156,12 @@ def _ipvsflow(t: Topology, pps: int, *extra) -> dict:
     drops = sum(c["kernel_drops"] for c in st["rx"].values())
     tx = sum(c["packets"] for c in st["tx"].values())
     bursts = st.get("loop", {}).get("bursts", 0) - bursts0
+    busy = st.get("loop", {}).get("busy_ns", 0) - busy0
     return {"sent_pps": snd["pps"], "sent": snd["sent"], "received": rx, "kernel_drops": drops,
             "forwarded": tx if "--dry-run" not in extra else st["sink"].get("dry_run", 0),
             "ns_per_packet": cpu * 1e9 / rx if rx else float("nan"),
-            "packets_per_burst": rx / bursts if bursts else float("nan")}
+            "packets_per_burst": rx / bursts if bursts else float("nan"),
+            "busy_ns_per_packet": busy / rx if rx else float("nan")}
 
 
 FLOOR = "floor (TPACKET_V3)"
@@ -211,11 +216,13 @@ def test_live_summary(bench_summary):
              f" {ROUNDS} rounds of every receiver in turn; ns/pkt: the median round; x floor: the median"
              " of the rounds' ratios to that round's floor (forwarding rows: floor fwd) at the same rate",
              f"{'pace':>7} {'receiver':<22} {'sender Mpps':>11} {'received':>10} {'lost':>8} "
-             f"{'k.drops':>8} {'forwarded':>10} {'ns/pkt':>8} {'x floor':>8} {'pkt/burst':>9}  rounds ns/pkt"]
+             f"{'k.drops':>8} {'forwarded':>10} {'ns/pkt':>8} {'x floor':>8} {'pkt/burst':>9} {'busy':>6}"
+             "  rounds ns/pkt"]
     for (pps, name), r in RESULTS.items():
         pace = f"{pps / 1e6:.3f}M" if pps else "max"
         lines.append(f"{pace:>7} {name:<22} {r['sent_pps'] / 1e6:>11.3f} {r['received']:>10} "
                      f"{r['sent'] - r['received']:>8} {r['kernel_drops']:>8} {r['forwarded']:>10} "
                      f"{r['ns_per_packet']:>8.1f} {r['x_floor']:>8.2f} {r.get('packets_per_burst', float('nan')):>9.0f}"
+                     f" {r.get('busy_ns_per_packet', float('nan')):>6.1f}"
                      f"  {' '.join(f'{x:.0f}' for x in r['ns_per_packet_all'])}")
     bench_summary("live AF_PACKET director vs bare receivers", lines)

@@ -304,7 +304,7 @@ class Worker:
             "tx": {p.ifname: p.counters() for p in self.sink.ports},
             "sink": self.sink.counters(),
             "forward": self.forward_counters(),
-            "loop": {"bursts": self.loop.bursts, "polls": self.loop.polls},
+            "loop": {"bursts": self.loop.bursts, "polls": self.loop.polls, "busy_ns": self.loop.busy_ns},
             "decisions": self.decisions.tolist(),
             "engine": self.engine.stats(),
             "conn_count": int(self.engine.conn_count),
