@@ -369,6 +369,18 @@ cdef inline void ct_prefetch_entry_i(conntab *t, uint32_t id) noexcept nogil:
     ct_prefetchw(p + sizeof(conn_entry) - 1)
 
 
+cdef inline uint32_t _ct_peek_s(const uint64_t *s, uint64_t mask, uint32_t hash) noexcept nogil:
+    # _ct_peek in a settled array s (mask): callers that hold s and mask in locals
+    cdef uint64_t i = hash & mask, w
+    while True:
+        w = s[i]
+        if w == 0:
+            return CONN_NONE
+        if <uint32_t>w == hash:
+            return <uint32_t>(w >> 32)
+        i = (i + 1) & mask
+
+
 cdef inline uint32_t _ct_peek(ct_index *ix, uint32_t hash) noexcept nogil:
     cdef uint64_t i, w
     if ix.os != NULL and not _ct_old_swept(ix, hash & ix.omask):
@@ -382,14 +394,7 @@ cdef inline uint32_t _ct_peek(ct_index *ix, uint32_t hash) noexcept nogil:
             i = _ct_old_next(ix, i)
         if ix.nfall == 0:
             return CONN_NONE
-    i = hash & ix.mask
-    while True:
-        w = ix.s[i]
-        if w == 0:
-            return CONN_NONE
-        if <uint32_t>w == hash:
-            return <uint32_t>(w >> 32)
-        i = (i + 1) & ix.mask
+    return _ct_peek_s(ix.s, ix.mask, hash)
 
 
 cdef inline void _ct_timer_later(conntab *t, conn_entry *e, uint32_t id, int64_t deadline_ns,

@@ -40,6 +40,7 @@ from ipvsflow.engine.conntab cimport (
     ct_prefetch_in_i as ct_prefetch_in, ct_prefetch_out_i as ct_prefetch_out,
     ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in, ct_peek_out_i as ct_peek_out,
     ct_timer_set_i as ct_timer_set, ct_timer_set_e, _ct_in_eq, _ct_key_word, ct_hash_raw_k, ct_eq16,
+    ct_index, ct_prefetch, ct_prefetchw, _ct_peek_s,
 )
 from ipvsflow.engine.services cimport (
     svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
@@ -155,6 +156,11 @@ if not (<char *>&_kproto.pb - <char *>&_kproto.pa == 2 and <char *>&_kproto.prot
 cdef conn_entry _eproto
 if <char *>&_eproto.vport - <char *>&_eproto.cport != 2:
     raise ImportError("conn_entry: cport, vport are not one packed word")
+# _pkt_key_word reads sport, dport as one word and af, proto as another
+cdef pkt_desc _pproto
+if not (<char *>&_pproto.dport - <char *>&_pproto.sport == 2 and <char *>&_pproto.af - <char *>&_pproto.sport == 4
+        and <char *>&_pproto.proto - <char *>&_pproto.sport == 5):
+    raise ImportError("pkt_desc: sport, dport, af, proto do not follow each other")
 cdef decision_t _drec
 if not (<char *>&_drec._pad - <char *>&_drec.flags == 1 and <char *>&_drec._pad2[0] - <char *>&_drec.fwd == 1):
     raise ImportError("decision_t: flags, _pad or fwd, _pad2 do not follow each other")
@@ -222,16 +228,30 @@ cdef inline void _filter_add(uint64_t *f, const uint8_t *a) noexcept nogil:
     f[b >> 6] |= (<uint64_t>1) << (b & 63)
 
 
-cdef inline void _key_from_pkt(conntab *t, conn_key *k, const pkt_desc *p) noexcept nogil:
+cdef inline uint64_t _pkt_key_word(const pkt_desc *p) noexcept nogil:
+    # _ct_key_word of a packet's ports, protocol and af (not a template): on little-endian
+    # from two loads, the ports as they are and af, proto swapped into proto, af
+    cdef uint32_t ports
+    cdef uint16_t ap
+    if IPVS_LE:
+        memcpy(&ports, &p.sport, 4)
+        memcpy(&ap, &p.af, 2)
+        ap = <uint16_t>((ap >> 8) | (ap << 8))
+        return (<uint64_t>ports) | ((<uint64_t>ap) << 32)
+    return _ct_key_word(p.sport, p.dport, p.proto, p.af, 0)
+
+
+cdef inline void _key_from_pkt(const uint64_t *hkeys, conn_key *k, const pkt_desc *p) noexcept nogil:
     # in-index key of a client -> VIP packet, hashed (ct_key_hash); the same fields are the
     # out-index key of a real server -> client packet (a = source, b = destination). AH/ESP:
     # the UDP/500 connection. The hash's word of ports, protocol, af and template flag is
     # built once in a register; on little-endian it is also those fields' bytes (pa .. _pad).
+    # hkeys: the table's hash seed words (t.hkeys)
     cdef uint64_t w
     if p.proto == IPPROTO_AH or p.proto == IPPROTO_ESP:
         w = _ct_key_word(PORT_ISAKMP, PORT_ISAKMP, IPPROTO_UDP, p.af, 0)
     else:
-        w = _ct_key_word(p.sport, p.dport, p.proto, p.af, 0)
+        w = _pkt_key_word(p)
     memcpy(k.a, p.src, 16)
     memcpy(k.b, p.dst, 16)
     if IPVS_LE:
@@ -243,7 +263,7 @@ cdef inline void _key_from_pkt(conntab *t, conn_key *k, const pkt_desc *p) noexc
         k.af = <uint8_t>(w >> 40)
         k.is_template = 0
         k._pad = 0
-    k.hash = ct_hash_raw_k(k.a, k.b, w, t.hkeys)
+    k.hash = ct_hash_raw_k(k.a, k.b, w, hkeys)
 
 
 cdef inline void _key_swapped(conn_key *k, const pkt_desc *p) noexcept nogil:
@@ -1343,16 +1363,20 @@ cdef void _process_general(core_t *c, const pkt_desc *p, conn_key *key, decision
     _in_hook(c, ops, p, id, d)
 
 
-cdef inline void _stage_key(core_t *c, const pkt_desc *p, key_slot *sl) noexcept nogil:
+cdef inline void _stage_key(core_t *c, const pkt_desc *p, key_slot *sl, const uint64_t *hkeys,
+                            const uint64_t *si, uint64_t mi) noexcept nogil:
     # burst pipeline, first stage: the packet's in-key (the out-key of a reply from a real
     # server has the same fields), hashed once for every lookup of the packet, into its ring
     # slot sl, and the index slots its lookups will read prefetched. hash 0 (never a real
-    # signature): no key.
+    # signature): no key. The turn's constants in locals (stores into the slot would reload
+    # them): hkeys the table's hash seeds, si the in index's slot array while it is settled
+    # (mask mi), else NULL.
     cdef conn_key *k = &sl.key
     cdef const proto_ops *ops = &PROTOS[p.proto]
     cdef bint rs, out
+    cdef uint64_t i
     if likely(p.status == PS_OK and ops.modelled):
-        _key_from_pkt(c.e.ct, k, p)
+        _key_from_pkt(hkeys, k, p)
         rs = _filter_hit(c.rs_filter, p.src)
         out = rs and c.nat_hashed != 0
         sl.rs = rs
@@ -1361,21 +1385,37 @@ cdef inline void _stage_key(core_t *c, const pkt_desc *p, key_slot *sl) noexcept
         # out miss) is not worth a line
         if out:
             ct_prefetch_out(c.e.ct, k.hash)
+        elif si != NULL:
+            # _ct_idx_prefetch of a settled index
+            i = k.hash & mi
+            ct_prefetch(&si[i])
+            ct_prefetch(&si[i + 1])
         else:
             ct_prefetch_in(c.e.ct, k.hash)
     else:
         k.hash = 0
 
 
-cdef inline void _stage_entry(core_t *c, key_slot *sl) noexcept nogil:
+cdef inline void _stage_entry(core_t *c, key_slot *sl, const uint64_t *si, uint64_t mi,
+                              const uint8_t *ents) noexcept nogil:
     # second stage: the entry the first lookup will find, from its slot prefetched
     # PF_SLOT_AHEAD - PF_ENTRY_AHEAD packets earlier. Only a hint: the real lookups run in
-    # packet order.
+    # packet order. si, mi as for _stage_key; ents: the table's entries.
     cdef uint32_t id = CONN_NONE
-    if sl.key.hash != 0:
-        id = ct_peek_out(c.e.ct, sl.key.hash) if sl.out else ct_peek_in(c.e.ct, sl.key.hash)
+    cdef uint32_t h = sl.key.hash
+    cdef const uint8_t *ep
+    if h != 0:
+        if sl.out:
+            id = ct_peek_out(c.e.ct, h)
+        elif si != NULL:
+            id = _ct_peek_s(si, mi, h)
+        else:
+            id = ct_peek_in(c.e.ct, h)
         if id != CONN_NONE:
-            ct_prefetch_entry(c.e.ct, id)
+            # ct_prefetch_entry_i
+            ep = ents + <uint64_t>id * sizeof(conn_entry)
+            ct_prefetchw(ep)
+            ct_prefetchw(ep + sizeof(conn_entry) - 1)
     sl.hint = id
 
 
@@ -1423,23 +1463,32 @@ cdef void _process_burst(core_t *c, const pkt_desc *pkts, uint32_t n, decision_t
     cdef key_slot *sl
     cdef const pkt_desc *pk
     cdef bint ctl_stage = c.tpl_bytes != 0      # only once there is a persistent service
+    cdef conntab *t = c.e.ct
+    cdef const uint64_t *hkeys = t.hkeys
+    cdef const uint8_t *ents = <const uint8_t *>t.entries
+    cdef const ct_index *ixi = <const ct_index *>t.in_idx
+    cdef const uint64_t *si                     # a turn's in index slots (NULL: migrating)
+    cdef uint64_t mi
     if n:
         _burst_clock_start(c, pkts[0].ts_ns)
     j = 0
     while j < n:
         end = j + PF_CHUNK if n - j > PF_CHUNK else n
         lim = end + PF_SLOT_AHEAD if n - end > PF_SLOT_AHEAD else n
+        # the index grows only while packets are processed: fixed during the stages
+        si = ixi.s if ixi.os == NULL else NULL
+        mi = ixi.mask
         pk = &pkts[ks]
         sl = &c.ring[ks & KEY_RING_MASK]
         while ks < lim:
-            _stage_key(c, pk, sl)
+            _stage_key(c, pk, sl, hkeys, si, mi)
             ks += 1
             pk += 1
             sl += 1
         lim = end + PF_ENTRY_AHEAD if n - end > PF_ENTRY_AHEAD else n
         sl = &c.ring[ke & KEY_RING_MASK]
         while ke < lim:
-            _stage_entry(c, sl)
+            _stage_entry(c, sl, si, mi, ents)
             ke += 1
             sl += 1
         if ctl_stage:
