@@ -162,6 +162,14 @@ if not (<char *>&_pproto.dport - <char *>&_pproto.sport == 2 and <char *>&_pprot
         and <char *>&_pproto.proto - <char *>&_pproto.sport == 5):
     raise ImportError("pkt_desc: sport, dport, af, proto do not follow each other")
 cdef decision_t _drec
+if not (<char *>&_eproto.dport - <char *>&_eproto.vport == 2
+        and <char *>&_drec.reason - <char *>&_drec.action == 1 and <char *>&_drec.dir - <char *>&_drec.action == 2
+        and <char *>&_drec.proto - <char *>&_drec.action == 3
+        and <char *>&_drec.old_state - <char *>&_drec.state == 1 and <char *>&_drec.flags - <char *>&_drec.state == 2
+        and <char *>&_drec._pad - <char *>&_drec.state == 3 and <char *>&_drec.vport - <char *>&_drec.dport == 2
+        and CF_NOOUTPUT == DF_NOOUTPUT << 4):
+    raise ImportError("_dec_hit: conn_entry vport, dport or decision_t action .. proto, state .. _pad, "
+                      "dport, vport do not follow each other")
 if not (<char *>&_drec._pad - <char *>&_drec.flags == 1 and <char *>&_drec._pad2[0] - <char *>&_drec.fwd == 1):
     raise ImportError("decision_t: flags, _pad or fwd, _pad2 do not follow each other")
 
@@ -1150,29 +1158,35 @@ cdef inline void _dec_hit(decision_t *d, const pkt_desc *p, const conn_entry *cp
                           uint8_t dir, uint8_t old_state) noexcept nogil:
     # the whole record of a packet forwarded on an entry with a real server, in one pass
     # (what _dec_init and _dec_entry write for it)
-    cdef uint16_t fl
-    cdef uint32_t fw
+    cdef uint16_t cf = cp.flags
+    cdef uint32_t fw, w4
     d.pkt = p.index
     d.ts_ns = p.ts_ns
     d.conn = cp.serial
     d.reuse_of = 0
     d.rs = <int32_t>cp.dest
     d.svc = svc
-    d.action = ACT_HIT
-    d.reason = R_NONE
-    d.dir = dir
-    d.proto = p.proto
-    d.state = cp.state
-    d.old_state = old_state
-    d.dport = cp.dport
-    d.vport = cp.vport
     if IPVS_LE:
-        # flags with _pad, fwd with _pad2: one store each
-        fl = DF_NOOUTPUT if (cp.flags & CF_NOOUTPUT) else 0
-        memcpy(&d.flags, &fl, 2)
-        fw = cp.flags & CF_FWD_MASK
+        # the narrow fields as words: action .. proto, state .. _pad (DF_NOOUTPUT is
+        # CF_NOOUTPUT >> 4), dport with vport (the entry's vport, dport swapped), fwd with _pad2
+        w4 = ACT_HIT | (R_NONE << 8) | ((<uint32_t>dir) << 16) | ((<uint32_t>p.proto) << 24)
+        memcpy(&d.action, &w4, 4)
+        w4 = (<uint32_t>cp.state) | ((<uint32_t>old_state) << 8) | ((<uint32_t>(cf & CF_NOOUTPUT)) << 12)
+        memcpy(&d.state, &w4, 4)
+        memcpy(&w4, &cp.vport, 4)
+        w4 = (w4 >> 16) | (w4 << 16)
+        memcpy(&d.dport, &w4, 4)
+        fw = cf & CF_FWD_MASK
         memcpy(&d.fwd, &fw, 4)
     else:
+        d.action = ACT_HIT
+        d.reason = R_NONE
+        d.dir = dir
+        d.proto = p.proto
+        d.state = cp.state
+        d.old_state = old_state
+        d.dport = cp.dport
+        d.vport = cp.vport
         d.flags = DF_NOOUTPUT if (cp.flags & CF_NOOUTPUT) else 0
         d._pad = 0
         d.fwd = cp.flags & CF_FWD_MASK
