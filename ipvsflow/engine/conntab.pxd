@@ -424,8 +424,18 @@ cdef inline void ct_timer_set_i(conntab *t, uint32_t id, int64_t deadline_ns) no
 
 cdef inline void ct_timer_set_e(conntab *t, conn_entry *e, uint32_t id, int64_t deadline_ns) noexcept nogil:
     # ct_timer_set_i for an entry the caller holds: e == &t.entries[id], id < t.hwm (a live
-    # entry a lookup returned), so neither the range check nor the address is redone
-    _ct_timer_later(t, e, id, deadline_ns, True)
+    # entry a lookup returned), so neither the range check nor the address is redone. The
+    # entry is at hand (its packet was processed): the tests may be separate branches
+    cdef ct_timers *w
+    cdef int64_t old = e.deadline_ns
+    if ((e.xflags & (XF_USED | XF_TIMER)) == (XF_USED | XF_TIMER) and deadline_ns >= old
+            and e.tprev != CT_TP_READY):
+        e.deadline_ns = deadline_ns
+        w = <ct_timers *>t.timers
+        if old == w.next_ns:
+            w.next_valid = 0
+        return
+    ct_timer_set(t, id, deadline_ns)
 
 
 # Public inline variants (k.hash filled by ct_key_hash / ct_key_hash_i).
