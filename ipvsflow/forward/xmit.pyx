@@ -63,7 +63,7 @@ from ipvsflow.engine.defs cimport (
 )
 from ipvsflow.engine.conntab cimport CF_MASQ, CF_LOCALNODE, CF_TUNNEL, CF_DROUTE, CF_BYPASS
 from ipvsflow.forward.checksum cimport (
-    rd16, wr16, csum_replace16, csum_fold48, ld16, st16, TTL_ONE,
+    rd16, wr16, csum_replace16, csum_fold48, ld16, st16, net16, TTL_ONE, IPVSFLOW_HOST_BE,
 )
 from ipvsflow.forward.common cimport (
     NO_OFF, LT_ANY, TUN_IPIP, TUN_GUE, TUN_GRE, dest_ent, frame_t,
@@ -191,7 +191,7 @@ ctypedef struct fwd_state:
     # last neighbour lookup (the next hop repeats across a burst): valid until the table
     # changes (neigh_set may move the slots), so every neigh_set here clears nc_valid
     uint8_t nc_valid
-    uint8_t fast_nat            # this burst may take _fast_nat (writable memory, Ethernet out)
+    uint8_t fast_nat            # this burst may take _fast_nat_run (writable memory, Ethernet out)
     uint8_t nc_addr[16]
     const uint8_t *nc_mac
 
@@ -235,9 +235,9 @@ cdef inline bint _specified(const uint8_t *a) noexcept nogil:
     return False
 
 
-cdef void _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
+cdef bint _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
     """ARP/ND-cache learning: the frame's source MAC for the packet's source address, or an
-    ARP sender's pair."""
+    ARP sender's pair. True: the table was written (its slots may have moved)."""
     cdef const uint8_t *mac
     cdef const uint8_t *d = p.data
     cdef uint32_t o
@@ -245,15 +245,16 @@ cdef void _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
     if p.af != 0 and p.status != TRUNC_L3 and p.status != BAD_IP_VERSION:
         mac = l2_src_mac(d, p.caplen, p.linktype)
         if mac == NULL:
-            return
+            return False
         if s.have_last and memcmp(s.last_mac, mac, 6) == 0 and memcmp(s.last_addr, p.src, 16) == 0:
-            return
+            return False
         if _unicast_mac(mac) and _specified(p.src):
             neigh_set(s.neigh, p.src, mac, NEIGH_LEARNED)
             s.nc_valid = 0
             memcpy(s.last_mac, mac, 6)
             memcpy(s.last_addr, p.src, 16)
             s.have_last = 1
+            return True
     elif p.status == NOT_IP and p.linktype == 1 and p.l2_len >= 14:
         o = p.l2_len
         # ARP for IPv4 over Ethernet: htype 1, ptype 0x0800, hlen 6, plen 4
@@ -267,6 +268,8 @@ cdef void _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
                 neigh_set(s.neigh, a, d + o + 8, NEIGH_LEARNED)
                 s.nc_valid = 0
                 s.have_last = 0
+                return True
+    return False
 
 
 cdef inline const uint8_t *_neigh_lookup(fwd_state *s, const uint8_t *a) noexcept nogil:
@@ -336,93 +339,192 @@ cdef inline void _ttl_dec(uint8_t *ip, uint8_t af) noexcept nogil:
         ip[7] -= 1
 
 
-cdef inline bint _fast_nat(fwd_state *s, const pkt_desc *p, const decision_t *d,
-                           out_rec *o) noexcept nogil:
-    """The live director's common case in one pass: a TCP packet, or UDP with a checksum, of a
-    NAT connection (either direction), IPv4 or IPv6 without extension headers, rewritten in
-    place in an Ethernet frame whose next hop is known. Does what _forward_one does with it, to
-    the byte and the counter (the TTL and address updates share one checksum fold: one's
-    complement sums commute, and the sums are never zero, so the result is the step-by-step
-    one); False: nothing done."""
-    cdef uint16_t act = d.action
+cdef extern from *:
+    """
+    static inline uint64_t ipvsflow_ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+    static inline void ipvsflow_st64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+    static inline void ipvsflow_st32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+    """
+    uint64_t ld64 "ipvsflow_ld64"(const uint8_t *p) noexcept nogil
+    void st64 "ipvsflow_st64"(uint8_t *p, uint64_t v) noexcept nogil
+    void st32 "ipvsflow_st32"(uint8_t *p, uint32_t v) noexcept nogil
+
+
+cdef inline uint64_t _mac48(const uint8_t *m) noexcept nogil:
+    """A MAC's 6 bytes as the first 6 bytes of a native word in memory (the other two zero)."""
+    cdef uint64_t w = 0
+    memcpy(&w, m, 6)
+    return w
+
+
+cdef inline uint32_t _fold2(uint64_t s) noexcept nogil:
+    """csum_fold48 for a sum below 2^20: two 16-bit folds reach 0xffff (the second adds at
+    most 16 to a value below 16)."""
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    return <uint32_t> s
+
+
+cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *dec,
+                            out_rec *outs, uint32_t i, uint32_t m, bint learn) noexcept nogil:
+    """The live director's common case, packets [i, m) while they are it: a TCP packet, or UDP
+    with a checksum, of a NAT connection (either direction), IPv4 or IPv6 without extension
+    headers, rewritten in place in an Ethernet frame whose next hop is known. Does what
+    _forward_one does with each, to the byte and the counter; returns the first packet it
+    leaves to _forward_one (learned from already when ``learn``), m when none.
+
+    Burst constants live in locals (a store into the frame would otherwise reload them from
+    the state). One's complement sums commute and are never zero here (the new address is
+    not), so the merged updates give the step-by-step bytes: the TTL - 1 and the address
+    change share one update of the IPv4 header checksum, and (0xffff - w) + (w - TTL_ONE) is
+    the constant 0xffff - TTL_ONE (the TTL is above 1: no borrow); the address change is
+    folded once, to 17 bits, for both sums, which then need two folds each."""
+    cdef const uint8_t *wlo = s.wbase
+    cdef const uint8_t *whi = s.wbase + s.wlen
+    cdef const dest_ent *dests = s.dests
+    cdef uint32_t n_dests = s.n_dests
+    cdef uint32_t mtu = s.mtu if s.mtu else 0xffffffff
+    cdef bint have_dmac = s.have_dmac
+    cdef uint64_t dmacw = _mac48(s.dmac)
+    # next hop MACs: of the last real server (by its entry) and the last reply destination
+    cdef const dest_ent *c_de = NULL
+    cdef uint64_t c_dew = 0
+    cdef bint c_ok = False
+    cdef uint64_t c_a0 = 0, c_a1 = 0
+    cdef uint64_t c_aw = 0
+    cdef uint64_t n_in = 0, n_out = 0
+    cdef const pkt_desc *p
+    cdef const decision_t *d
+    cdef out_rec *o
     cdef const dest_ent *de
     cdef const uint8_t *addr
-    cdef const uint8_t *nh
     cdef const uint8_t *mac
     cdef uint8_t *f
     cdef uint8_t *ip
     cdef uint8_t *l4
-    cdef uint16_t port, w8
-    cdef uint32_t aoff, poff, ck
-    cdef uint64_t acc, delta
-    cdef bint snat
-    if not (s.fast_nat and d.fwd == CF_MASQ and
-            (act == ACT_HIT or act == ACT_NEW or act == ACT_RESCHED) and
-            p.status == OK and p.linktype == 1 and p.l3_off == p.l2_len and
-            (p.proto == 6 or p.proto == 17) and p.l4_off != NO_OFF and p.ttl > 1 and
-            p.data >= s.wbase and p.data + p.caplen <= s.wbase + s.wlen):
-        return False
-    if not (p.af == 4 or (p.af == 6 and p.l4_off == p.l3_off + 40)):
-        return False
-    if s.mtu and p.l3_len > s.mtu:
-        return False
-    f = <uint8_t *> p.data
-    ip = f + p.l3_off
-    l4 = f + p.l4_off
-    ck = 16 if p.proto == 6 else 6
-    if p.proto == 17 and rd16(l4 + 6) == 0:
-        return False
-    if d.dir == DIR_IN:
-        if d.rs < 0 or <uint32_t> d.rs >= s.n_dests:
-            return False
-        de = &s.dests[d.rs]
-        if de.af != p.af:
-            return False
-        snat = False
-        addr = de.addr
-        port = d.dport
-        nh = de.addr
-    elif d.dir == DIR_OUT:
-        if memcmp(p.src, d.vaddr, 16) == 0 and p.sport == d.vport:
-            return False                # captured after the director's SNAT
-        snat = True
-        addr = d.vaddr
-        port = d.vport
-        nh = p.dst
-    else:
-        return False
-    mac = _neigh_lookup(s, nh)
-    if mac == NULL:
-        return False
-    poff = 0 if snat else 2
-    if p.af == 4:
-        aoff = 12 if snat else 16
-        delta = nat_addr_delta(ip + aoff, addr + 12, 4)
-        # IP header: TTL - 1 and the address, one update of the header checksum
-        w8 = ld16(ip + 8)
-        acc = <uint64_t> (0xffff - ld16(ip + 10)) + (0xffff - w8) + <uint16_t> (w8 - TTL_ONE)
-        ip[8] -= 1
-        st16(ip + 10, <uint16_t> ~csum_fold48(acc + delta))
-        memcpy(ip + aoff, addr + 12, 4)
-    else:
-        aoff = 8 if snat else 24
-        delta = nat_addr_delta(ip + aoff, addr, 16)
-        ip[7] -= 1                  # hop limit (no header checksum)
-        memcpy(ip + aoff, addr, 16)
-    nat_l4_update(l4, ck, poff, port, delta)
-    if s.have_dmac:
-        memcpy(f + 6, s.dmac, 6)
-    else:
-        memcpy(f + 6, f, 6)         # the director's interface: the frame's destination
-    memcpy(f, mac, 6)
-    s.cnt[C_IN_PLACE] += 1
-    s.cnt[C_NAT_OUT if snat else C_NAT_IN] += 1
-    o.data = f
-    o.caplen = p.caplen
-    o.wirelen = p.wirelen
-    o.ts_ns = p.ts_ns
-    o.kind = OUT_FWD
-    return True
+    cdef uint16_t port, np
+    cdef uint32_t caplen, ck, c
+    cdef uint64_t delta, macw, a0
+    cdef uint8_t af, proto, dr
+    while i < m:
+        p = &pk[i]
+        d = &dec[i]
+        if learn and _learn(s, p):
+            c_de = NULL                 # the table changed: forget the cached next hops
+            c_ok = False
+        f = <uint8_t *> p.data
+        caplen = p.caplen
+        proto = p.proto
+        af = p.af
+        dr = d.dir
+        if not (d.fwd == CF_MASQ and <uint8_t> (d.action - ACT_NEW) <= ACT_RESCHED - ACT_NEW and
+                (<uint32_t> p.linktype | (<uint32_t> p.status << 16)) == (1 | (OK << 16)) and
+                p.l3_off == p.l2_len and (proto == 6 or proto == 17) and
+                p.l4_off != NO_OFF and p.ttl > 1 and
+                f >= wlo and f + caplen <= whi and p.l3_len <= mtu):
+            break
+        ip = f + p.l3_off
+        l4 = f + p.l4_off
+        if af != 4 and not (af == 6 and p.l4_off == p.l3_off + 40):
+            break
+        ck = 16 if proto == 6 else 6
+        if proto == 17 and ld16(l4 + 6) == 0:
+            break
+        if dr == DIR_IN:
+            if <uint32_t> d.rs >= n_dests:
+                break                   # (a negative id too)
+            de = &dests[d.rs]
+            if de.af != af:
+                break
+            if de != c_de:
+                mac = _neigh_lookup(s, de.addr)
+                if mac == NULL:
+                    break
+                c_de = de
+                c_dew = _mac48(mac)
+            macw = c_dew
+            addr = de.addr
+            port = d.dport
+        elif dr == DIR_OUT:
+            if memcmp(p.src, d.vaddr, 16) == 0 and p.sport == d.vport:
+                break                   # captured after the director's SNAT
+            a0 = ld64(p.dst)
+            if not (c_ok and a0 == c_a0 and ld64(p.dst + 8) == c_a1):
+                mac = _neigh_lookup(s, p.dst)
+                if mac == NULL:
+                    break
+                c_ok = True
+                c_a0 = a0
+                c_a1 = ld64(p.dst + 8)
+                c_aw = _mac48(mac)
+            macw = c_aw
+            addr = d.vaddr
+            port = d.vport
+        else:
+            break
+        np = net16(port)
+        if af == 4:
+            if dr == DIR_OUT:
+                delta = nat_addr_delta(ip + 12, addr + 12, 4)
+                memcpy(ip + 12, addr + 12, 4)
+            else:
+                delta = nat_addr_delta(ip + 16, addr + 12, 4)
+                memcpy(ip + 16, addr + 12, 4)
+            delta = (delta & 0xffff) + (delta >> 16)
+            ip[8] -= 1
+            st16(ip + 10, <uint16_t> ~_fold2((0xffff - ld16(ip + 10)) + (0xffff - TTL_ONE) + delta))
+        else:
+            if dr == DIR_OUT:
+                delta = nat_addr_delta(ip + 8, addr, 16)
+                memcpy(ip + 8, addr, 16)
+            else:
+                delta = nat_addr_delta(ip + 24, addr, 16)
+                memcpy(ip + 24, addr, 16)
+            delta = (delta & 0xffff) + (delta >> 16)
+            ip[7] -= 1                  # hop limit (no header checksum)
+        if dr == DIR_OUT:
+            c = ~_fold2(<uint64_t> (0xffff - ld16(l4 + ck)) + (0xffff - ld16(l4)) + np + delta) & 0xffff
+            if c == 0 and ck == 6:
+                c = 0xffff              # UDP: a computed 0 is sent as 0xffff (RFC 768)
+            st16(l4 + ck, <uint16_t> c)
+            st16(l4, np)
+            n_out += 1
+        else:
+            c = ~_fold2(<uint64_t> (0xffff - ld16(l4 + ck)) + (0xffff - ld16(l4 + 2)) + np + delta) & 0xffff
+            if c == 0 and ck == 6:
+                c = 0xffff
+            st16(l4 + ck, <uint16_t> c)
+            st16(l4 + 2, np)
+            n_in += 1
+        # destination MAC: the next hop's; source: the director's (director_mac, else the
+        # frame's destination, its interface)
+        if IPVSFLOW_HOST_BE:
+            if have_dmac:
+                st64(f, macw | (dmacw >> 48))
+                st32(f + 8, <uint32_t> (dmacw >> 16))
+            else:
+                a0 = ld64(f)
+                st64(f, macw | (a0 >> 48))
+                st32(f + 8, <uint32_t> (a0 >> 16))
+        else:
+            if have_dmac:
+                st64(f, macw | (dmacw << 48))
+                st32(f + 8, <uint32_t> (dmacw >> 16))
+            else:
+                a0 = ld64(f)
+                st64(f, macw | (a0 << 48))
+                st32(f + 8, <uint32_t> (a0 >> 16))
+        o = &outs[i]
+        o.data = f
+        o.caplen = caplen
+        o.wirelen = p.wirelen
+        o.ts_ns = p.ts_ns
+        o.kind = OUT_FWD
+        i += 1
+    s.cnt[C_IN_PLACE] += n_in + n_out
+    s.cnt[C_NAT_IN] += n_in
+    s.cnt[C_NAT_OUT] += n_out
+    return i
 
 
 cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
@@ -441,7 +543,7 @@ cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
     cdef bint post_nat = False
     cdef uint8_t *f
     cdef frame_t fr
-    # (the caller has learned from the packet and tried _fast_nat)
+    # (the caller has learned from the packet and tried _fast_nat_run)
     if s.may_refresh and d.rs >= 0 and <uint32_t> d.rs >= s.n_dests:
         o.kind = OUT_REFRESH
         return
@@ -626,14 +728,19 @@ cdef uint32_t _forward_range(fwd_state *s, const pkt_desc *pk, const decision_t 
     """Packets [i, m) until one asks for something (OUT_ROOM / OUT_REFRESH, having done
     nothing); returns its index, m when all are done. nfwd: add the forwarded."""
     cdef uint32_t n = 0
+    cdef uint32_t j
     cdef uint8_t k
+    cdef bint fast = s.fast_nat
+    cdef bint learn = s.learn
     while i < m:
-        if s.learn:
+        if fast:
+            j = _fast_nat_run(s, pk, dec, outs, i, m, learn)
+            n += j - i
+            i = j
+            if i == m:
+                break
+        elif learn:
             _learn(s, &pk[i])
-        if _fast_nat(s, &pk[i], &dec[i], &outs[i]):
-            n += 1
-            i += 1
-            continue
         _forward_one(s, &pk[i], &dec[i], &outs[i])
         k = outs[i].kind
         if k >= OUT_ROOM:
