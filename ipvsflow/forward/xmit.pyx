@@ -392,7 +392,8 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
     cdef bint c_ok = False
     cdef uint64_t c_a0 = 0, c_a1 = 0
     cdef uint64_t c_aw = 0
-    cdef uint64_t n_in = 0, n_out = 0
+    cdef uint32_t i0 = i
+    cdef uint64_t n_out = 0
     cdef const pkt_desc *p
     cdef const decision_t *d
     cdef out_rec *o
@@ -402,8 +403,8 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
     cdef uint8_t *f
     cdef uint8_t *ip
     cdef uint8_t *l4
-    cdef uint16_t port, np
-    cdef uint32_t caplen, ck, c
+    cdef uint16_t port, np, cw
+    cdef uint32_t caplen, ck, c, aoff, poff, snat
     cdef uint64_t delta, macw, a0
     cdef uint8_t af, proto, dr
     while i < m:
@@ -428,8 +429,9 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
         if af != 4 and not (af == 6 and p.l4_off == p.l3_off + 40):
             break
         ck = 16 if proto == 6 else 6
-        if proto == 17 and ld16(l4 + 6) == 0:
-            break
+        cw = ld16(l4 + ck)
+        if cw == 0 and ck == 6:
+            break                       # UDP without checksum
         if dr == DIR_IN:
             if <uint32_t> d.rs >= n_dests:
                 break                   # (a negative id too)
@@ -445,6 +447,7 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
             macw = c_dew
             addr = de.addr
             port = d.dport
+            snat = 0
         elif dr == DIR_OUT:
             if memcmp(p.src, d.vaddr, 16) == 0 and p.sport == d.vport:
                 break                   # captured after the director's SNAT
@@ -460,42 +463,40 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
             macw = c_aw
             addr = d.vaddr
             port = d.vport
+            snat = 1
         else:
             break
+        # (0xffff - x) + (0xffff - y) + ... as 0x1fffe + ... - x - y: the same value, never
+        # negative on the way
         np = net16(port)
-        if af == 4:
-            if dr == DIR_OUT:
+        if snat:
+            if af == 4:
                 delta = nat_addr_delta(ip + 12, addr + 12, 4)
                 memcpy(ip + 12, addr + 12, 4)
             else:
-                delta = nat_addr_delta(ip + 16, addr + 12, 4)
-                memcpy(ip + 16, addr + 12, 4)
-            delta = (delta & 0xffff) + (delta >> 16)
-            ip[8] -= 1
-            st16(ip + 10, <uint16_t> ~_fold2((0xffff - ld16(ip + 10)) + (0xffff - TTL_ONE) + delta))
-        else:
-            if dr == DIR_OUT:
                 delta = nat_addr_delta(ip + 8, addr, 16)
                 memcpy(ip + 8, addr, 16)
+            poff = 0
+            n_out += 1
+        else:
+            if af == 4:
+                delta = nat_addr_delta(ip + 16, addr + 12, 4)
+                memcpy(ip + 16, addr + 12, 4)
             else:
                 delta = nat_addr_delta(ip + 24, addr, 16)
                 memcpy(ip + 24, addr, 16)
-            delta = (delta & 0xffff) + (delta >> 16)
-            ip[7] -= 1                  # hop limit (no header checksum)
-        if dr == DIR_OUT:
-            c = ~_fold2(<uint64_t> (0xffff - ld16(l4 + ck)) + (0xffff - ld16(l4)) + np + delta) & 0xffff
-            if c == 0 and ck == 6:
-                c = 0xffff              # UDP: a computed 0 is sent as 0xffff (RFC 768)
-            st16(l4 + ck, <uint16_t> c)
-            st16(l4, np)
-            n_out += 1
+            poff = 2
+        delta = (delta & 0xffff) + (delta >> 16)
+        if af == 4:
+            ip[8] -= 1
+            st16(ip + 10, <uint16_t> ~_fold2(<uint64_t> (0x1fffe - TTL_ONE) + delta - ld16(ip + 10)))
         else:
-            c = ~_fold2(<uint64_t> (0xffff - ld16(l4 + ck)) + (0xffff - ld16(l4 + 2)) + np + delta) & 0xffff
-            if c == 0 and ck == 6:
-                c = 0xffff
-            st16(l4 + ck, <uint16_t> c)
-            st16(l4 + 2, np)
-            n_in += 1
+            ip[7] -= 1                  # hop limit (no header checksum)
+        c = ~_fold2(<uint64_t> 0x1fffe + np + delta - cw - ld16(l4 + poff)) & 0xffff
+        if c == 0 and ck == 6:
+            c = 0xffff                  # UDP: a computed 0 is sent as 0xffff (RFC 768)
+        st16(l4 + ck, <uint16_t> c)
+        st16(l4 + poff, np)
         # destination MAC: the next hop's; source: the director's (director_mac, else the
         # frame's destination, its interface)
         if IPVSFLOW_HOST_BE:
@@ -521,8 +522,8 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
         o.ts_ns = p.ts_ns
         o.kind = OUT_FWD
         i += 1
-    s.cnt[C_IN_PLACE] += n_in + n_out
-    s.cnt[C_NAT_IN] += n_in
+    s.cnt[C_IN_PLACE] += i - i0
+    s.cnt[C_NAT_IN] += i - i0 - n_out
     s.cnt[C_NAT_OUT] += n_out
     return i
 
