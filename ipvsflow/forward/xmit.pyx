@@ -386,12 +386,9 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
     cdef uint32_t mtu = s.mtu if s.mtu else 0xffffffff
     cdef bint have_dmac = s.have_dmac
     cdef uint64_t dmacw = _mac48(s.dmac)
-    # next hop MACs: of the last real server (by its entry) and the last reply destination
+    # the next hop MAC of the last real server (by its entry); replies use _neigh_lookup's
     cdef const dest_ent *c_de = NULL
     cdef uint64_t c_dew = 0
-    cdef bint c_ok = False
-    cdef uint64_t c_a0 = 0, c_a1 = 0
-    cdef uint64_t c_aw = 0
     cdef uint32_t i0 = i
     cdef uint64_t n_out = 0
     cdef const pkt_desc *p
@@ -411,8 +408,7 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
         p = &pk[i]
         d = &dec[i]
         if learn and _learn(s, p):
-            c_de = NULL                 # the table changed: forget the cached next hops
-            c_ok = False
+            c_de = NULL                 # the table changed: forget the cached next hop
         f = <uint8_t *> p.data
         caplen = p.caplen
         proto = p.proto
@@ -451,16 +447,10 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
         elif dr == DIR_OUT:
             if memcmp(p.src, d.vaddr, 16) == 0 and p.sport == d.vport:
                 break                   # captured after the director's SNAT
-            a0 = ld64(p.dst)
-            if not (c_ok and a0 == c_a0 and ld64(p.dst + 8) == c_a1):
-                mac = _neigh_lookup(s, p.dst)
-                if mac == NULL:
-                    break
-                c_ok = True
-                c_a0 = a0
-                c_a1 = ld64(p.dst + 8)
-                c_aw = _mac48(mac)
-            macw = c_aw
+            mac = _neigh_lookup(s, p.dst)
+            if mac == NULL:
+                break
+            macw = _mac48(mac)
             addr = d.vaddr
             port = d.vport
             snat = 1
