@@ -365,7 +365,7 @@ cdef inline uint32_t _fold2(uint64_t s) noexcept nogil:
     return <uint32_t> s
 
 
-cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *dec,
+cdef inline uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *dec,
                             out_rec *outs, uint32_t i, uint32_t m, bint learn) noexcept nogil:
     """The live director's common case, packets [i, m) while they are it: a TCP packet, or UDP
     with a checksum, of a NAT connection (either direction), IPv4 or IPv6 without extension
@@ -714,6 +714,16 @@ cdef void _forward_one(fwd_state *s, const pkt_desc *p, const decision_t *d,
     o.kind = OUT_FWD
 
 
+cdef uint32_t _fast_nat_learn(fwd_state *s, const pkt_desc *pk, const decision_t *dec,
+                              out_rec *outs, uint32_t i, uint32_t m) noexcept nogil:
+    return _fast_nat_run(s, pk, dec, outs, i, m, True)
+
+
+cdef uint32_t _fast_nat_plain(fwd_state *s, const pkt_desc *pk, const decision_t *dec,
+                              out_rec *outs, uint32_t i, uint32_t m) noexcept nogil:
+    return _fast_nat_run(s, pk, dec, outs, i, m, False)
+
+
 cdef uint32_t _forward_range(fwd_state *s, const pkt_desc *pk, const decision_t *dec,
                              out_rec *outs, uint32_t i, uint32_t m, uint32_t *nfwd) noexcept nogil:
     """Packets [i, m) until one asks for something (OUT_ROOM / OUT_REFRESH, having done
@@ -725,7 +735,11 @@ cdef uint32_t _forward_range(fwd_state *s, const pkt_desc *pk, const decision_t 
     cdef bint learn = s.learn
     while i < m:
         if fast:
-            j = _fast_nat_run(s, pk, dec, outs, i, m, learn)
+            # (a copy for each value of learn: no test per packet)
+            if learn:
+                j = _fast_nat_learn(s, pk, dec, outs, i, m)
+            else:
+                j = _fast_nat_plain(s, pk, dec, outs, i, m)
             n += j - i
             i = j
             if i == m:
