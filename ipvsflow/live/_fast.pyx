@@ -473,37 +473,51 @@ cdef class AfPacketSink(PcapWriter):
         # a Forwarder's burst: write_raw per frame of that kind, without a call per frame. The
         # quick case (_sink_quick) with its state in locals, reloaded after each frame _write
         # takes (which may change it); the counters are added up on the way out.
-        cdef uint32_t i = 0
-        cdef const frame_rec *r
+        cdef const frame_rec *r = recs
+        cdef const frame_rec *end = recs + n
         cdef uint8_t *f
         cdef uint32_t caplen
         cdef uint16_t et
         cdef bint quick
-        cdef uint64_t qmac = 0
+        cdef uint8_t kb[8]
+        cdef uint64_t qkey = 0, qmask = 0, mask6 = 0
         cdef uint32_t mac_lo = 0
         cdef uint16_t mac_hi = 0
         cdef TxPort tx = None
         cdef bint dry = self.dry_run
-        cdef uint64_t nframes = 0, nquick = 0
+        cdef uint64_t nslow = 0, nquick = 0
         cdef const egress_t *eg
+        # the destination MAC compared as the frame's first 8 bytes under a 6-byte mask
+        memset(kb, 0xff, 6)
+        kb[6] = 0
+        kb[7] = 0
+        memcpy(&mask6, kb, 8)
         try:
-            while i < n:
+            while r < end:
                 quick = self._last_ok and self._last_port >= 0 and \
                     not self._eg[self._last_port].vtag
                 if quick:
                     eg = &self._eg[self._last_port]
-                    qmac = self._last_mac
+                    # _last_mac is _mac64's key: its bytes back, then as a native word
+                    mac_lo = <uint32_t> (self._last_mac >> 16)
+                    mac_hi = <uint16_t> self._last_mac
+                    memcpy(kb, &mac_lo, 4)
+                    memcpy(kb + 4, &mac_hi, 2)
+                    memcpy(&qkey, kb, 8)
+                    qmask = mask6
                     memcpy(&mac_lo, eg.mac, 4)
                     memcpy(&mac_hi, eg.mac + 4, 2)
                     tx = <TxPort> self._pp[eg.port]
-                while i < n:
-                    r = &recs[i]
+                else:
+                    qmask = 0
+                    qkey = 1            # never matches
+                while r < end:
                     if r.kind != kind:
-                        i += 1
+                        r += 1
                         continue
                     f = <uint8_t *> r.data
                     caplen = r.caplen
-                    if not (quick and caplen >= 14 and caplen == r.wirelen and _mac64(f) == qmac):
+                    if not (caplen >= 14 and caplen == r.wirelen and (ld64(f) & qmask) == qkey):
                         break
                     memcpy(&et, f + 12, 2)
                     if et == _ET_8021Q or et == _ET_8021AD:
@@ -513,15 +527,14 @@ cdef class AfPacketSink(PcapWriter):
                     if not dry:
                         tx.put(f, caplen)
                     nquick += 1
-                    nframes += 1
-                    i += 1
+                    r += 1
                 else:
                     break
-                nframes += 1
+                nslow += 1
                 self._write(f, caplen, r.wirelen, r.ts_ns)
-                i += 1
+                r += 1
         finally:
-            self._c[0] += nframes
+            self._c[0] += nslow + nquick
             self._c[2 if dry else 1] += nquick
         return 0
 
@@ -781,10 +794,12 @@ cdef extern from *:
     #define IPVSFLOW_ET_8021Q 0x0081
     #define IPVSFLOW_ET_8021AD 0xa888
     #endif
+    static inline uint64_t ipvsflow_ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
     """
     # the VLAN ethertypes as a native load of the frame's two bytes gives them
     const uint16_t _ET_8021Q "IPVSFLOW_ET_8021Q"
     const uint16_t _ET_8021AD "IPVSFLOW_ET_8021AD"
+    uint64_t ld64 "ipvsflow_ld64"(const uint8_t *p) noexcept nogil
 
 
 cdef inline bint _sink_quick(AfPacketSink s, uint8_t *f, uint32_t caplen,
