@@ -60,7 +60,8 @@ def _frame(c):
 
 def _run(frames, dec, in_place, tmp_path, name, **kw):
     """(output frames, counters, the writable input buffer or None)."""
-    fw = Forwarder(make_engine(), neighbours=NEIGH, learn_neighbours=False, in_place=in_place, **kw)
+    kw.setdefault("learn_neighbours", False)
+    fw = Forwarder(make_engine(), neighbours=NEIGH, in_place=in_place, **kw)
     if in_place:
         b, buf = batch_of(frames, writable=True)
     else:
@@ -114,6 +115,30 @@ def test_in_place_equals_copy_and_checksums_hold(tmp_path, cases, director_mac):
             assert out[:6] == bytes.fromhex(nh.replace(":", ""))
             assert out[6:12] == bytes.fromhex((director_mac or DMAC).replace(":", ""))
         assert out[12:l3_offset(out, 1)] == f[12:l3_offset(f, 1)]     # VLAN tag kept
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cases=st.lists(case, min_size=1, max_size=16), macs=st.lists(st.integers(1, 3), min_size=16,
+                                                                     max_size=16))
+def test_in_place_equals_copy_while_learning_neighbours(tmp_path, cases, macs):
+    # client packets teach their source's MAC mid-burst, which a later reply to that client
+    # must then be sent to (a client changing MAC: the newer one)
+    frames = [f[:6] + bytes([2, 0, 0, 0, 0x10, macs[i]]) + f[12:]
+              for i, f in enumerate(_frame(c) for c in cases)]
+    dec = _decisions(cases)
+    ip_outs, ip_c, _ = _run(frames, dec, True, tmp_path, "ip.pcap", learn_neighbours=True)
+    cp_outs, cp_c, _ = _run(frames, dec, False, tmp_path, "cp.pcap", learn_neighbours=True)
+    assert ip_outs == cp_outs
+    assert ip_c["in_place"] == len(cases)
+    for k in ("forwarded", "nat_in", "nat_out", "l2_unresolved", "neighbours"):
+        assert ip_c[k] == cp_c[k], k
+    for i, (c, f, out) in enumerate(zip(cases, frames, ip_outs)):
+        check_all_checksums(_ip_of(out))
+        if c["out"] and c["client"] != "192.0.2.10":
+            prior = [g[6:12] for d, g in zip(cases[:i], frames[:i])
+                     if not d["out"] and d["client"] == c["client"]]
+            assert out[:6] == (prior[-1] if prior else f[:6])
 
 
 def test_udp_checksum_that_computes_to_zero_goes_out_as_ffff(tmp_path):
