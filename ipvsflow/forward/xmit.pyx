@@ -512,9 +512,10 @@ cdef inline uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decis
         o.ts_ns = p.ts_ns
         o.kind = OUT_FWD
         i += 1
-    s.cnt[C_IN_PLACE] += i - i0
-    s.cnt[C_NAT_IN] += i - i0 - n_out
-    s.cnt[C_NAT_OUT] += n_out
+    if i != i0:
+        s.cnt[C_IN_PLACE] += i - i0
+        s.cnt[C_NAT_IN] += i - i0 - n_out
+        s.cnt[C_NAT_OUT] += n_out
     return i
 
 
@@ -733,25 +734,34 @@ cdef uint32_t _forward_range(fwd_state *s, const pkt_desc *pk, const decision_t 
     cdef uint8_t k
     cdef bint fast = s.fast_nat
     cdef bint learn = s.learn
+    cdef const pkt_desc *p = pk + i
+    cdef const decision_t *d = dec + i
+    cdef out_rec *o = outs + i
     while i < m:
-        if fast:
+        if fast and d.fwd == CF_MASQ:     # (other methods: not worth the call)
             # (a copy for each value of learn: no test per packet)
             if learn:
                 j = _fast_nat_learn(s, pk, dec, outs, i, m)
             else:
                 j = _fast_nat_plain(s, pk, dec, outs, i, m)
             n += j - i
+            p += j - i
+            d += j - i
+            o += j - i
             i = j
             if i == m:
                 break
         elif learn:
-            _learn(s, &pk[i])
-        _forward_one(s, &pk[i], &dec[i], &outs[i])
-        k = outs[i].kind
+            _learn(s, p)
+        _forward_one(s, p, d, o)
+        k = o.kind
         if k >= OUT_ROOM:
             break
         n += k == OUT_FWD
         i += 1
+        p += 1
+        d += 1
+        o += 1
     nfwd[0] += n
     return i
 
