@@ -235,9 +235,9 @@ cdef inline bint _specified(const uint8_t *a) noexcept nogil:
     return False
 
 
-cdef void _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
+cdef bint _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
     """ARP/ND-cache learning: the frame's source MAC for the packet's source address, or an
-    ARP sender's pair. A write to the table (its slots may move) clears nc_valid."""
+    ARP sender's pair. True: the table was written (its slots may have moved)."""
     cdef const uint8_t *mac
     cdef const uint8_t *d = p.data
     cdef uint32_t o
@@ -245,15 +245,16 @@ cdef void _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
     if p.af != 0 and p.status != TRUNC_L3 and p.status != BAD_IP_VERSION:
         mac = l2_src_mac(d, p.caplen, p.linktype)
         if mac == NULL:
-            return
+            return False
         if s.have_last and memcmp(s.last_mac, mac, 6) == 0 and memcmp(s.last_addr, p.src, 16) == 0:
-            return
+            return False
         if _unicast_mac(mac) and _specified(p.src):
             neigh_set(s.neigh, p.src, mac, NEIGH_LEARNED)
             s.nc_valid = 0
             memcpy(s.last_mac, mac, 6)
             memcpy(s.last_addr, p.src, 16)
             s.have_last = 1
+            return True
     elif p.status == NOT_IP and p.linktype == 1 and p.l2_len >= 14:
         o = p.l2_len
         # ARP for IPv4 over Ethernet: htype 1, ptype 0x0800, hlen 6, plen 4
@@ -267,6 +268,8 @@ cdef void _learn(fwd_state *s, const pkt_desc *p) noexcept nogil:
                 neigh_set(s.neigh, a, d + o + 8, NEIGH_LEARNED)
                 s.nc_valid = 0
                 s.have_last = 0
+                return True
+    return False
 
 
 cdef inline const uint8_t *_neigh_lookup(fwd_state *s, const uint8_t *a) noexcept nogil:
@@ -404,10 +407,8 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
     while i < m:
         p = &pk[i]
         d = &dec[i]
-        if learn:
-            _learn(s, p)
-            if not s.nc_valid:
-                c_de = NULL             # the table may have changed: forget the cached next hop
+        if learn and _learn(s, p):
+            c_de = NULL                 # the table changed: forget the cached next hop
         f = <uint8_t *> p.data
         caplen = p.caplen
         proto = p.proto
