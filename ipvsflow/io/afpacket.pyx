@@ -36,7 +36,7 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAI
 from posix.unistd cimport close
 
 from ipvsflow.io.batch cimport PacketBatch, pkt_desc
-from ipvsflow.io.parse cimport parse_eth_ipv4_fast_at, parse_full, fast4_template
+from ipvsflow.io.parse cimport parse_eth_ipv4_fast_from, parse_full, fast4_template
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -358,6 +358,28 @@ def build_bpf(prog):
     return bytes(out)
 
 
+cdef inline void _fill_one(pkt_desc *p, const tpacket3_hdr *h, uint32_t snap, uint32_t wlen,
+                           uint64_t idx, const pkt_desc *tpl) noexcept nogil:
+    """One ring packet into p, parsed here while the frame's lines are still in the cache.
+    tpl is the fast path's template with this ring's ifindex, fwmark 0 and the link type in
+    it: written with the parser's fields in one copy. The header is read before any store
+    (the stores may alias it as far as the compiler knows)."""
+    cdef const uint8_t *d = <const uint8_t *> h + h.tp_mac
+    cdef int64_t ts = <int64_t> h.tp_sec * 1000000000 + h.tp_nsec
+    p.data = d
+    p.caplen = snap
+    p.wirelen = wlen
+    p.ts_ns = ts
+    p.index = idx
+    # wire length: snap, as snap >= tp_len here
+    if not parse_eth_ipv4_fast_from(p, tpl, d, snap, snap,
+                                    <size_t> (<const char *> &tpl.ifindex - <const char *> tpl)):
+        p.ifindex = tpl.ifindex
+        p.fwmark = 0
+        p.linktype = LINKTYPE_ETHERNET
+        parse_full(p)
+
+
 cdef class RxRing:
     """A TPACKET_V3 receive ring on one interface.
 
@@ -539,7 +561,14 @@ cdef class RxRing:
         cdef uint32_t ifindex = self.ifindex
         cdef bint otherhost = self.accept_otherhost
         cdef size_t sll_off = IPVSFLOW_TPACKET_ALIGN(sizeof(tpacket3_hdr))
-        cdef const pkt_desc *fast4 = fast4_template()
+        cdef uint8_t *pf_last
+        # the fast path's template plus this reader's own fields, in a local the stores
+        # into the descriptors cannot touch (so it is not read again at each packet)
+        cdef pkt_desc tpl
+        memcpy(&tpl, fast4_template(), sizeof(pkt_desc))
+        tpl.ifindex = ifindex
+        tpl.fwmark = 0
+        tpl.linktype = LINKTYPE_ETHERNET
         if self.ring == NULL:
             b.count = start
             return 0
@@ -551,6 +580,9 @@ cdef class RxRing:
                 self.cur = (self.cur + 1) % self.block_count
             bd = _block(self.ring, self.block_size, self.cur)
             block_end = <uint8_t *> bd + self.block_size
+            # the last packet start that prefetches ahead (not past the block, whose successor
+            # the kernel may still be writing); a block holds more than that (init checks)
+            pf_last = block_end - (PREFETCH_AHEAD + 192)
             if not self.cur_open:
                 if self.pend >= self.block_count:
                     break           # every block is held by this burst
@@ -567,9 +599,8 @@ cdef class RxRing:
             nxt = self.next_pkt
             while left and p < p_end:
                 h = <tpacket3_hdr *> nxt
-                # the block's packets lie one after the other: fetch a few slots ahead (not
-                # past the block, whose successor the kernel may still be writing)
-                if nxt + PREFETCH_AHEAD + 192 <= block_end:
+                # the block's packets lie one after the other: fetch a few slots ahead
+                if nxt <= pf_last:
                     ipvsflow_prefetch3(nxt + PREFETCH_AHEAD)
                 nxt += h.tp_next_offset
                 left -= 1
@@ -584,33 +615,28 @@ cdef class RxRing:
                 snap = h.tp_snaplen
                 wlen = h.tp_len
                 st = h.tp_status
+                if snap == wlen and not (st & (TP_STATUS_VLAN_VALID | TP_STATUS_CSUMNOTREADY)):
+                    # the common case: whole frame, no tag to restore, checksum complete
+                    _fill_one(p, h, snap, snap, idx, &tpl)
+                    nbytes += snap
+                    idx += 1
+                    p += 1
+                    continue
                 if snap < wlen:
                     truncated += 1
                     continue
-                if st & (TP_STATUS_VLAN_VALID | TP_STATUS_CSUMNOTREADY):
-                    if st & TP_STATUS_VLAN_VALID:
-                        # the kernel moved the outer VLAN tag into the header: back into the
-                        # frame (the ring leaves room before it), so parsing, the capture and
-                        # the forwarded frame carry the VLAN the packet came in on
-                        if h.tp_mac < sll_off + sizeof(sockaddr_ll) + 4:
-                            self.vlan_no_room += 1
-                            continue
-                        _restore_vlan(h)
-                        self.vlan_restored += 1
-                        snap = h.tp_snaplen
-                        wlen = h.tp_len
-                p.fwmark = 0
-                p.data = <const uint8_t *> h + h.tp_mac
-                p.caplen = snap
-                p.wirelen = wlen
-                p.ts_ns = <int64_t> h.tp_sec * 1000000000 + h.tp_nsec
-                p.index = idx
-                p.ifindex = ifindex
-                p.linktype = LINKTYPE_ETHERNET
-                # parsed here, while the frame's lines are still in the cache
-                # (wire length: snap, as snap >= tp_len here)
-                if not parse_eth_ipv4_fast_at(p, fast4, <const uint8_t *> h + h.tp_mac, snap, snap):
-                    parse_full(p)
+                if st & TP_STATUS_VLAN_VALID:
+                    # the kernel moved the outer VLAN tag into the header: back into the
+                    # frame (the ring leaves room before it), so parsing, the capture and
+                    # the forwarded frame carry the VLAN the packet came in on
+                    if h.tp_mac < sll_off + sizeof(sockaddr_ll) + 4:
+                        self.vlan_no_room += 1
+                        continue
+                    _restore_vlan(h)
+                    self.vlan_restored += 1
+                    snap = h.tp_snaplen
+                    wlen = h.tp_len
+                _fill_one(p, h, snap, wlen, idx, &tpl)
                 if st & TP_STATUS_CSUMNOTREADY:
                     # checksum offload between namespaces (veth) leaves the L4 checksum for
                     # the device to fill in: completed now, so what is forwarded carries it

@@ -21,15 +21,16 @@ cdef inline uint32_t rd32(const uint8_t *b) noexcept nogil:
 
 
 # Inline, so a reader can parse each packet as it fills it in without a call.
-cdef inline bint parse_eth_ipv4_fast_at(pkt_desc *p, const pkt_desc *t, const uint8_t *d,
-                                        uint32_t n, uint32_t wire) noexcept nogil:
-    """parse_eth_ipv4_fast for an Ethernet frame whose data, caplen and max(wirelen, caplen)
-    the caller holds already (a reader that has just filled them in).
+cdef inline bint parse_eth_ipv4_fast_from(pkt_desc *p, const pkt_desc *t, const uint8_t *d,
+                                          uint32_t n, uint32_t wire, size_t first) noexcept nogil:
+    """parse_eth_ipv4_fast_at, taking from t every byte from offset ``first`` on (at most
+    offsetof(status)): a reader whose t also holds its own reader fields (ifindex, fwmark,
+    linktype) has them written with the rest, in one copy. On 0, nothing was written.
     Every header byte is loaded before the first store: p's fields may alias the frame as far
     as the compiler knows, so a store in between would force the loads again."""
     cdef uint32_t tot, lim, ulen, doff, status = OK
-    cdef uint32_t sa, da
-    cdef uint16_t sport, dport, frag_id
+    cdef uint32_t sa, da, ports
+    cdef uint16_t frag_id
     cdef uint8_t proto, ttl, flags = 0
     if n < 14 + 20 + 8:
         return 0
@@ -57,20 +58,19 @@ cdef inline bint parse_eth_ipv4_fast_at(pkt_desc *p, const pkt_desc *t, const ui
             status = BAD_L4_HDR
     else:
         return 0
-    sport = rd16(d + 34)
-    dport = rd16(d + 36)
+    # both ports in one load (sport in the high half)
+    ports = rd32(d + 34)
     ttl = d[22]
     frag_id = rd16(d + 18)
     memcpy(&sa, d + 26, 4)
     memcpy(&da, d + 30, 4)
     # the fields this case always has, then the ones read from the packet
-    memcpy(<char *> &p.status, <const char *> &t.status,
-           sizeof(pkt_desc) - <size_t> (<char *> &t.status - <char *> t))
+    memcpy(<char *> p + first, <const char *> t + first, sizeof(pkt_desc) - first)
     p.status = <uint16_t> status
     p.l3_len = <uint16_t> tot
     p.l4_len = <uint16_t> (tot - 20)
-    p.sport = sport
-    p.dport = dport
+    p.sport = <uint16_t> (ports >> 16)
+    p.dport = <uint16_t> ports
     p.proto = proto
     p.tcp_flags = flags
     p.ttl = ttl
@@ -78,6 +78,14 @@ cdef inline bint parse_eth_ipv4_fast_at(pkt_desc *p, const pkt_desc *t, const ui
     memcpy(p.src + 12, &sa, 4)
     memcpy(p.dst + 12, &da, 4)
     return 1
+
+
+cdef inline bint parse_eth_ipv4_fast_at(pkt_desc *p, const pkt_desc *t, const uint8_t *d,
+                                        uint32_t n, uint32_t wire) noexcept nogil:
+    """parse_eth_ipv4_fast for an Ethernet frame whose data, caplen and max(wirelen, caplen)
+    the caller holds already (a reader that has just filled them in)."""
+    return parse_eth_ipv4_fast_from(p, t, d, n, wire,
+                                    <size_t> (<const char *> &t.status - <const char *> t))
 
 
 cdef inline bint parse_eth_ipv4_fast(pkt_desc *p, const pkt_desc *t) noexcept nogil:
