@@ -328,6 +328,50 @@ cdef void _complete_csum(pkt_desc *p) noexcept nogil:
     d[p.l4_off + off + 1] = c & 0xff
 
 
+cdef extern from *:
+    """
+    #include <string.h>
+    /* The descriptor's last 113 to 128 bytes (fill's template from ifindex on) held in eight
+       16-byte values, so the per-packet copy is eight stores from registers: in memory, the
+       template would be read again at each packet (the descriptor stores may alias it). */
+    typedef unsigned char ipvsflow_v16 __attribute__((vector_size(16)));
+    typedef struct { ipvsflow_v16 a, b, c, d, e, f, g, h; } ipvsflow_tail;
+    static inline ipvsflow_v16 ipvsflow_ld16(const char *s) {
+        ipvsflow_v16 v; memcpy(&v, s, 16); return v;
+    }
+    static inline void ipvsflow_st16(char *d, ipvsflow_v16 v) { memcpy(d, &v, 16); }
+    #define ipvsflow_likely(x) __builtin_expect(!!(x), 1)
+    static inline ipvsflow_tail ipvsflow_tail_load(const void *src, size_t len) {
+        const char *s = (const char *) src;
+        ipvsflow_tail t;
+        t.a = ipvsflow_ld16(s); t.b = ipvsflow_ld16(s + 16); t.c = ipvsflow_ld16(s + 32);
+        t.d = ipvsflow_ld16(s + 48); t.e = ipvsflow_ld16(s + 64); t.f = ipvsflow_ld16(s + 80);
+        t.g = ipvsflow_ld16(s + 96); t.h = ipvsflow_ld16(s + len - 16);
+        return t;
+    }
+    static inline void ipvsflow_tail_store(void *dst, size_t len, ipvsflow_tail t) {
+        char *d = (char *) dst;
+        ipvsflow_st16(d, t.a); ipvsflow_st16(d + 16, t.b); ipvsflow_st16(d + 32, t.c);
+        ipvsflow_st16(d + 48, t.d); ipvsflow_st16(d + 64, t.e); ipvsflow_st16(d + 80, t.f);
+        ipvsflow_st16(d + 96, t.g); ipvsflow_st16(d + len - 16, t.h);
+    }
+    """
+    ctypedef struct ipvsflow_tail:
+        pass
+    ipvsflow_tail ipvsflow_tail_load(const void *src, size_t length) nogil
+    void ipvsflow_tail_store(void *dst, size_t length, ipvsflow_tail t) nogil
+    # what the compiler should lay out (and allocate registers) for: the common case
+    bint ipvsflow_likely(bint x) nogil
+
+# fill's template: from ifindex to the end of the descriptor (constants once inlined)
+cdef inline size_t _tail_off(const pkt_desc *p) noexcept nogil:
+    return <size_t> (<const char *> &p.ifindex - <const char *> p)
+
+cdef pkt_desc _probe
+if not 112 < sizeof(pkt_desc) - _tail_off(&_probe) <= 128:
+    raise ImportError("pkt_desc from ifindex on is not 113 to 128 bytes (ipvsflow_tail)")
+
+
 cdef inline void _restore_vlan(tpacket3_hdr *h) noexcept nogil:
     cdef uint8_t *f = <uint8_t *> h + h.tp_mac
     cdef uint16_t tpid = 0x8100
@@ -359,11 +403,13 @@ def build_bpf(prog):
 
 
 cdef inline void _fill_one(pkt_desc *p, const tpacket3_hdr *h, uint32_t snap, uint32_t wlen,
-                           uint64_t idx, const pkt_desc *tpl) noexcept nogil:
+                           uint64_t idx, ipvsflow_tail tail) noexcept nogil:
     """One ring packet into p, parsed here while the frame's lines are still in the cache.
-    tpl is the fast path's template with this ring's ifindex, fwmark 0 and the link type in
-    it: written with the parser's fields in one copy. The header is read before any store
-    (the stores may alias it as far as the compiler knows)."""
+    tail is the fast path's template from ifindex on, with this ring's ifindex, fwmark 0 and
+    the link type in it: written first, the fast parser then writes only the packet's own
+    fields (anything else is parsed in full, which rewrites everything from status on).
+    The header is read before any store (the stores may alias it as far as the compiler
+    knows)."""
     cdef const uint8_t *d = <const uint8_t *> h + h.tp_mac
     cdef int64_t ts = <int64_t> h.tp_sec * 1000000000 + h.tp_nsec
     p.data = d
@@ -371,12 +417,9 @@ cdef inline void _fill_one(pkt_desc *p, const tpacket3_hdr *h, uint32_t snap, ui
     p.wirelen = wlen
     p.ts_ns = ts
     p.index = idx
+    ipvsflow_tail_store(<char *> p + _tail_off(p), sizeof(pkt_desc) - _tail_off(p), tail)
     # wire length: snap, as snap >= tp_len here
-    if not parse_eth_ipv4_fast_from(p, tpl, d, snap, snap,
-                                    <size_t> (<const char *> &tpl.ifindex - <const char *> tpl)):
-        p.ifindex = tpl.ifindex
-        p.fwmark = 0
-        p.linktype = LINKTYPE_ETHERNET
+    if not ipvsflow_likely(parse_eth_ipv4_fast_from(p, NULL, d, snap, snap, sizeof(pkt_desc))):
         parse_full(p)
 
 
@@ -562,13 +605,15 @@ cdef class RxRing:
         cdef bint otherhost = self.accept_otherhost
         cdef size_t sll_off = IPVSFLOW_TPACKET_ALIGN(sizeof(tpacket3_hdr))
         cdef uint8_t *pf_last
-        # the fast path's template plus this reader's own fields, in a local the stores
-        # into the descriptors cannot touch (so it is not read again at each packet)
+        # the fast path's template plus this reader's own fields, held in registers (see
+        # ipvsflow_tail)
         cdef pkt_desc tpl
         memcpy(&tpl, fast4_template(), sizeof(pkt_desc))
         tpl.ifindex = ifindex
         tpl.fwmark = 0
         tpl.linktype = LINKTYPE_ETHERNET
+        cdef ipvsflow_tail tail = ipvsflow_tail_load(<const char *> &tpl + _tail_off(&tpl),
+                                                     sizeof(pkt_desc) - _tail_off(&tpl))
         if self.ring == NULL:
             b.count = start
             return 0
@@ -615,9 +660,10 @@ cdef class RxRing:
                 snap = h.tp_snaplen
                 wlen = h.tp_len
                 st = h.tp_status
-                if snap == wlen and not (st & (TP_STATUS_VLAN_VALID | TP_STATUS_CSUMNOTREADY)):
+                if ipvsflow_likely(snap == wlen and
+                                   not (st & (TP_STATUS_VLAN_VALID | TP_STATUS_CSUMNOTREADY))):
                     # the common case: whole frame, no tag to restore, checksum complete
-                    _fill_one(p, h, snap, snap, idx, &tpl)
+                    _fill_one(p, h, snap, snap, idx, tail)
                     nbytes += snap
                     idx += 1
                     p += 1
@@ -636,7 +682,7 @@ cdef class RxRing:
                     self.vlan_restored += 1
                     snap = h.tp_snaplen
                     wlen = h.tp_len
-                _fill_one(p, h, snap, wlen, idx, &tpl)
+                _fill_one(p, h, snap, wlen, idx, tail)
                 if st & TP_STATUS_CSUMNOTREADY:
                     # checksum offload between namespaces (veth) leaves the L4 checksum for
                     # the device to fill in: completed now, so what is forwarded carries it

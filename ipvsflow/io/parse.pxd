@@ -25,7 +25,8 @@ cdef inline bint parse_eth_ipv4_fast_from(pkt_desc *p, const pkt_desc *t, const 
                                           uint32_t n, uint32_t wire, size_t first) noexcept nogil:
     """parse_eth_ipv4_fast_at, taking from t every byte from offset ``first`` on (at most
     offsetof(status)): a reader whose t also holds its own reader fields (ifindex, fwmark,
-    linktype) has them written with the rest, in one copy. On 0, nothing was written.
+    linktype) has them written with the rest, in one copy. first = sizeof(pkt_desc): the
+    caller has written t already (t is not read). On 0, nothing (more) was written.
     Every header byte is loaded before the first store: p's fields may alias the frame as far
     as the compiler knows, so a store in between would force the loads again."""
     cdef uint32_t tot, lim, ulen, doff, status = OK
@@ -65,7 +66,8 @@ cdef inline bint parse_eth_ipv4_fast_from(pkt_desc *p, const pkt_desc *t, const 
     memcpy(&sa, d + 26, 4)
     memcpy(&da, d + 30, 4)
     # the fields this case always has, then the ones read from the packet
-    memcpy(<char *> p + first, <const char *> t + first, sizeof(pkt_desc) - first)
+    if first < sizeof(pkt_desc):
+        memcpy(<char *> p + first, <const char *> t + first, sizeof(pkt_desc) - first)
     p.status = <uint16_t> status
     p.l3_len = <uint16_t> tot
     p.l4_len = <uint16_t> (tot - 20)
