@@ -20,6 +20,33 @@ cdef inline uint32_t rd32(const uint8_t *b) noexcept nogil:
     return (<uint32_t> b[0] << 24) | (<uint32_t> b[1] << 16) | (<uint32_t> b[2] << 8) | b[3]
 
 
+cdef inline void _fast4_write(pkt_desc *p, const pkt_desc *t, size_t first, const uint8_t *d,
+                              uint32_t status, uint32_t tot, uint8_t proto,
+                              uint8_t flags) noexcept nogil:
+    """The fast path's stores, once per protocol (so each has its constants in place)."""
+    cdef uint32_t sa, da
+    # both ports in one load (sport in the high half)
+    cdef uint32_t ports = rd32(d + 34)
+    cdef uint8_t ttl = d[22]
+    cdef uint16_t frag_id = rd16(d + 18)
+    memcpy(&sa, d + 26, 4)
+    memcpy(&da, d + 30, 4)
+    # the fields this case always has, then the ones read from the packet
+    if first < sizeof(pkt_desc):
+        memcpy(<char *> p + first, <const char *> t + first, sizeof(pkt_desc) - first)
+    p.status = <uint16_t> status
+    p.l3_len = <uint16_t> tot
+    p.l4_len = <uint16_t> (tot - 20)
+    p.sport = <uint16_t> (ports >> 16)
+    p.dport = <uint16_t> ports
+    p.proto = proto
+    p.tcp_flags = flags
+    p.ttl = ttl
+    p.frag_id = frag_id
+    memcpy(p.src + 12, &sa, 4)
+    memcpy(p.dst + 12, &da, 4)
+
+
 # Inline, so a reader can parse each packet as it fills it in without a call.
 cdef inline bint parse_eth_ipv4_fast_from(pkt_desc *p, const pkt_desc *t, const uint8_t *d,
                                           uint32_t n, uint32_t wire, size_t first) noexcept nogil:
@@ -30,9 +57,7 @@ cdef inline bint parse_eth_ipv4_fast_from(pkt_desc *p, const pkt_desc *t, const 
     Every header byte is loaded before the first store: p's fields may alias the frame as far
     as the compiler knows, so a store in between would force the loads again."""
     cdef uint32_t tot, lim, ulen, doff, status = OK
-    cdef uint32_t sa, da, ports
-    cdef uint16_t frag_id
-    cdef uint8_t proto, ttl, flags = 0
+    cdef uint8_t proto
     if n < 14 + 20 + 8:
         return 0
     # ethertype 0x0800, version 4 with IHL 5 (d[12..14] = 08 00 45)
@@ -50,36 +75,17 @@ cdef inline bint parse_eth_ipv4_fast_from(pkt_desc *p, const pkt_desc *t, const 
         ulen = rd16(d + 38)
         if ulen < 8 or ulen > tot - 20:
             status = BAD_L4_HDR
-    elif proto == 6:
+        _fast4_write(p, t, first, d, status, tot, 17, 0)
+        return 1
+    if proto == 6:
         if lim < 14 + 20 + 20:
             return 0
-        flags = d[47]
         doff = (<uint32_t> d[46] >> 4) << 2
         if doff < 20 or doff > tot - 20:
             status = BAD_L4_HDR
-    else:
-        return 0
-    # both ports in one load (sport in the high half)
-    ports = rd32(d + 34)
-    ttl = d[22]
-    frag_id = rd16(d + 18)
-    memcpy(&sa, d + 26, 4)
-    memcpy(&da, d + 30, 4)
-    # the fields this case always has, then the ones read from the packet
-    if first < sizeof(pkt_desc):
-        memcpy(<char *> p + first, <const char *> t + first, sizeof(pkt_desc) - first)
-    p.status = <uint16_t> status
-    p.l3_len = <uint16_t> tot
-    p.l4_len = <uint16_t> (tot - 20)
-    p.sport = <uint16_t> (ports >> 16)
-    p.dport = <uint16_t> ports
-    p.proto = proto
-    p.tcp_flags = flags
-    p.ttl = ttl
-    p.frag_id = frag_id
-    memcpy(p.src + 12, &sa, 4)
-    memcpy(p.dst + 12, &da, 4)
-    return 1
+        _fast4_write(p, t, first, d, status, tot, 6, d[47])
+        return 1
+    return 0
 
 
 cdef inline bint parse_eth_ipv4_fast_at(pkt_desc *p, const pkt_desc *t, const uint8_t *d,
