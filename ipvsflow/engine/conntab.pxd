@@ -163,11 +163,22 @@ cdef extern from *:
         memcpy(&y0, y, 8); memcpy(&y1, y + 8, 8);
         return ((x0 ^ y0) | (x1 ^ y1)) == 0;
     }
-    /* The empty asm is a side effect the compiler must keep: GCC finds a function whose only
+    /* The asm is a side effect the compiler must keep: GCC finds a function whose only
        work is a prefetch "const" and deletes every call to it (this happened to
-       _ct_idx_prefetch: no slot was ever prefetched). */
+       _ct_idx_prefetch: no slot was ever prefetched). On x86-64 the asm is the prefetch
+       itself, its address a memory operand (base + offset folded in, no register to fill);
+       without PRFCHW, __builtin_prefetch(p, 1, 3) is prefetcht0 as well. */
+    #if defined(__x86_64__) && defined(__GNUC__)
+    static inline void ct_prefetch(const void *p) { __asm__ __volatile__("prefetcht0 %0" : : "m"(*(const char *)p)); }
+    #if defined(__PRFCHW__)
+    static inline void ct_prefetchw(const void *p) { __asm__ __volatile__("prefetchw %0" : : "m"(*(const char *)p)); }
+    #else
+    static inline void ct_prefetchw(const void *p) { __asm__ __volatile__("prefetcht0 %0" : : "m"(*(const char *)p)); }
+    #endif
+    #else
     static inline void ct_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); __asm__ __volatile__("" : : "r"(p)); }
     static inline void ct_prefetchw(const void *p) { __builtin_prefetch(p, 1, 3); __asm__ __volatile__("" : : "r"(p)); }
+    #endif
     """
     uint32_t ct_hash_raw(const uint8_t *a, const uint8_t *b, uint64_t w, uint64_t seed) noexcept nogil
     uint32_t ct_hash_raw_k(const uint8_t *a, const uint8_t *b, uint64_t w, const uint64_t *k) noexcept nogil
