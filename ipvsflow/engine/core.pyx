@@ -137,6 +137,16 @@ udp_register(&PROTOS[IPPROTO_UDP])
 sctp_register(&PROTOS[IPPROTO_SCTP])
 ah_esp_register(&PROTOS[IPPROTO_AH], IPPROTO_AH)
 ah_esp_register(&PROTOS[IPPROTO_ESP], IPPROTO_ESP)
+# the burst pipeline's key of a packet by its protocol, in one table look-up: none (not
+# modelled), its ports, or (AH/ESP) the UDP/500 connection's
+cdef enum:
+    KK_NONE = 0
+    KK_PORTS = 1
+    KK_ISAKMP = 2
+cdef uint8_t KEY_KIND[256]
+for _i in range(256):
+    KEY_KIND[_i] = (KK_NONE if not PROTOS[_i].modelled
+                    else KK_ISAKMP if _i == IPPROTO_AH or _i == IPPROTO_ESP else KK_PORTS)
 # _fast_hit indexes the statistics by direction
 cdef dest_t _dproto_dest
 cdef service_t _dproto_svc
@@ -249,14 +259,15 @@ cdef inline uint64_t _pkt_key_word(const pkt_desc *p) noexcept nogil:
     return _ct_key_word(p.sport, p.dport, p.proto, p.af, 0)
 
 
-cdef inline void _key_from_pkt(const uint64_t *hkeys, conn_key *k, const pkt_desc *p) noexcept nogil:
+cdef inline void _key_from_pkt(const uint64_t *hkeys, conn_key *k, const pkt_desc *p,
+                               bint isakmp) noexcept nogil:
     # in-index key of a client -> VIP packet, hashed (ct_key_hash); the same fields are the
     # out-index key of a real server -> client packet (a = source, b = destination). AH/ESP:
     # the UDP/500 connection. The hash's word of ports, protocol, af and template flag is
     # built once in a register; on little-endian it is also those fields' bytes (pa .. _pad).
-    # hkeys: the table's hash seed words (t.hkeys)
+    # hkeys: the table's hash seed words (t.hkeys); isakmp: p is AH/ESP (KEY_KIND)
     cdef uint64_t w
-    if p.proto == IPPROTO_AH or p.proto == IPPROTO_ESP:
+    if isakmp:
         w = _ct_key_word(PORT_ISAKMP, PORT_ISAKMP, IPPROTO_UDP, p.af, 0)
     else:
         w = _pkt_key_word(p)
@@ -1386,11 +1397,11 @@ cdef inline void _stage_key(core_t *c, const pkt_desc *p, key_slot *sl, const ui
     # them): hkeys the table's hash seeds, si the in index's slot array while it is settled
     # (mask mi), else NULL.
     cdef conn_key *k = &sl.key
-    cdef const proto_ops *ops = &PROTOS[p.proto]
+    cdef uint8_t kind = KEY_KIND[p.proto]
     cdef bint rs, out
     cdef uint64_t i
-    if likely(p.status == PS_OK and ops.modelled):
-        _key_from_pkt(hkeys, k, p)
+    if likely(p.status == PS_OK and kind != KK_NONE):
+        _key_from_pkt(hkeys, k, p, kind == KK_ISAKMP)
         rs = _filter_hit(c.rs_filter, p.src)
         out = rs and c.nat_hashed != 0
         sl.rs = rs
