@@ -122,6 +122,27 @@ cdef extern from *:
     bint likely "ipvs_likely"(bint x) noexcept nogil
     bint unlikely "ipvs_unlikely"(bint x) noexcept nogil
 
+# The hinted lookup's address compare: an entry's caddr, vaddr (32 bytes from a 16-byte
+# boundary: the slab is page-aligned, entries 80 bytes, caddr first) against a key's a, b.
+# SSE2: the entry's halves are the compares' memory operands, one branch for all 32 bytes.
+cdef extern from *:
+    """
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static inline int ipvs_eq32_a(const uint8_t *e, const uint8_t *k) {
+        __m128i x = _mm_cmpeq_epi8(_mm_load_si128((const __m128i *)e), _mm_loadu_si128((const __m128i *)k));
+        __m128i y = _mm_cmpeq_epi8(_mm_load_si128((const __m128i *)(e + 16)),
+                                   _mm_loadu_si128((const __m128i *)(k + 16)));
+        return _mm_movemask_epi8(_mm_and_si128(x, y)) == 0xFFFF;
+    }
+    #else
+    static inline int ipvs_eq32_a(const uint8_t *e, const uint8_t *k) {
+        return memcmp(e, k, 32) == 0;
+    }
+    #endif
+    """
+    bint eq32_a "ipvs_eq32_a"(const uint8_t *e, const uint8_t *k) noexcept nogil
+
 cdef int64_t EXPIRE_LATER_NS = 60 * <int64_t>NS
 cdef int64_t FRESH_NS = 3 * <int64_t>NS
 cdef enum:
@@ -166,6 +187,9 @@ if not (<char *>&_kproto.pb - <char *>&_kproto.pa == 2 and <char *>&_kproto.prot
 cdef conn_entry _eproto
 if <char *>&_eproto.vport - <char *>&_eproto.cport != 2:
     raise ImportError("conn_entry: cport, vport are not one packed word")
+if (<char *>&_eproto.caddr[0] - <char *>&_eproto != 0 or <char *>&_eproto.vaddr[0] - <char *>&_eproto != 16
+        or sizeof(conn_entry) % 16 or <char *>&_kproto.b[0] - <char *>&_kproto.a[0] != 16):
+    raise ImportError("eq32_a: conn_entry caddr, vaddr or conn_key a, b are not 32 bytes from a 16-byte boundary")
 # _pkt_key_word reads sport, dport as one word and af, proto as another
 cdef pkt_desc _pproto
 if not (<char *>&_pproto.dport - <char *>&_pproto.sport == 2 and <char *>&_pproto.af - <char *>&_pproto.sport == 4
@@ -1280,7 +1304,7 @@ cdef inline uint32_t _lookup_in_hinted(conntab *t, const conn_key *k, uint32_t h
         memcpy(&ep, &e.cport, 4)        # cport, vport
         memcpy(&kp, &k.pa, 4)           # pa, pb
         if ((e.xflags & XF_IN_HASHED) != 0 and ep == kp and e.proto == k.proto and e.af == k.af
-                and (e.flags & CF_TEMPLATE) == 0 and ct_eq16(e.caddr, k.a) and ct_eq16(e.vaddr, k.b)):
+                and (e.flags & CF_TEMPLATE) == 0 and eq32_a(e.caddr, k.a)):
             return hint
     return ct_lookup_in(t, k)
 
