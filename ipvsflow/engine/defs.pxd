@@ -77,6 +77,7 @@ ctypedef struct dest_t:
     uint64_t outpkts
     uint64_t inbytes
     uint64_t outbytes
+    uint8_t _pad[16]                # 128 bytes: a dest's address is its id shifted (the hit path's index)
 
 cdef enum:
     SCHED_RR = 0
