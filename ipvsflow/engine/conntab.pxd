@@ -408,20 +408,26 @@ cdef inline uint32_t _ct_peek(ct_index *ix, uint32_t hash) noexcept nogil:
     return _ct_peek_s(ix.s, ix.mask, hash)
 
 
+cdef inline void _ct_timer_move_later(conntab *t, conn_entry *e, int64_t deadline_ns,
+                                      int64_t old) noexcept nogil:
+    # an armed entry's deadline moves later: it stays filed where it is (the wheel re-files
+    # it when that bucket comes up); only a cached earliest deadline it held is dropped
+    cdef ct_timers *w = <ct_timers *>t.timers
+    e.deadline_ns = deadline_ns
+    if old == w.next_ns:
+        w.next_valid = 0
+
+
 cdef inline void _ct_timer_later(conntab *t, conn_entry *e, uint32_t id, int64_t deadline_ns,
                                  bint ok) noexcept nogil:
     # The hot case inline: an armed entry's deadline moves later. It stays filed where it
     # is and the wheel re-files it when that bucket comes up. ok: e is entry id's.
     # (One combined branch: separate ones on the freshly looked-up id measurably stall
     # bulk lookups.)
-    cdef ct_timers *w
     cdef int64_t old = e.deadline_ns
     if ok & ((e.xflags & (XF_USED | XF_TIMER)) == (XF_USED | XF_TIMER)) & \
             (deadline_ns >= old) & (e.tprev != CT_TP_READY):
-        e.deadline_ns = deadline_ns
-        w = <ct_timers *>t.timers
-        if old == w.next_ns:
-            w.next_valid = 0
+        _ct_timer_move_later(t, e, deadline_ns, old)
         return
     ct_timer_set(t, id, deadline_ns)
 
@@ -437,14 +443,10 @@ cdef inline void ct_timer_set_e(conntab *t, conn_entry *e, uint32_t id, int64_t 
     # ct_timer_set_i for an entry the caller holds: e == &t.entries[id], id < t.hwm (a live
     # entry a lookup returned), so neither the range check nor the address is redone. The
     # entry is at hand (its packet was processed): the tests may be separate branches
-    cdef ct_timers *w
     cdef int64_t old = e.deadline_ns
     if ((e.xflags & (XF_USED | XF_TIMER)) == (XF_USED | XF_TIMER) and deadline_ns >= old
             and e.tprev != CT_TP_READY):
-        e.deadline_ns = deadline_ns
-        w = <ct_timers *>t.timers
-        if old == w.next_ns:
-            w.next_valid = 0
+        _ct_timer_move_later(t, e, deadline_ns, old)
         return
     ct_timer_set(t, id, deadline_ns)
 

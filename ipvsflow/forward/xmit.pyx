@@ -365,6 +365,19 @@ cdef inline uint32_t _fold2(uint64_t s) noexcept nogil:
     return <uint32_t> s
 
 
+cdef inline uint64_t _swap_addr(uint8_t *at, const uint8_t *addr16, uint8_t af) noexcept nogil:
+    """The address at ``at`` becomes addr16 (IPv4 mapped for af 4); returns the change for
+    the checksums (nat_addr_delta). af is a constant at each call: the offsets stay constant."""
+    cdef uint64_t delta
+    if af == 4:
+        delta = nat_addr_delta(at, addr16 + 12, 4)
+        memcpy(at, addr16 + 12, 4)
+    else:
+        delta = nat_addr_delta(at, addr16, 16)
+        memcpy(at, addr16, 16)
+    return delta
+
+
 cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *dec,
                             out_rec *outs, uint32_t i, uint32_t m, bint learn) noexcept nogil:
     """The live director's common case, packets [i, m) while they are it: a TCP packet, or UDP
@@ -460,21 +473,11 @@ cdef uint32_t _fast_nat_run(fwd_state *s, const pkt_desc *pk, const decision_t *
         # negative on the way
         np = net16(port)
         if snat:
-            if af == 4:
-                delta = nat_addr_delta(ip + 12, addr + 12, 4)
-                memcpy(ip + 12, addr + 12, 4)
-            else:
-                delta = nat_addr_delta(ip + 8, addr, 16)
-                memcpy(ip + 8, addr, 16)
+            delta = _swap_addr(ip + 12, addr, 4) if af == 4 else _swap_addr(ip + 8, addr, 6)
             poff = 0
             n_out += 1
         else:
-            if af == 4:
-                delta = nat_addr_delta(ip + 16, addr + 12, 4)
-                memcpy(ip + 16, addr + 12, 4)
-            else:
-                delta = nat_addr_delta(ip + 24, addr, 16)
-                memcpy(ip + 24, addr, 16)
+            delta = _swap_addr(ip + 16, addr, 4) if af == 4 else _swap_addr(ip + 24, addr, 6)
             poff = 2
         delta = (delta & 0xffff) + (delta >> 16)
         if af == 4:
