@@ -40,7 +40,7 @@ from ipvsflow.engine.conntab cimport (
     ct_prefetch_in_i as ct_prefetch_in, ct_prefetch_out_i as ct_prefetch_out,
     ct_prefetch_entry_i as ct_prefetch_entry, ct_peek_in_i as ct_peek_in, ct_peek_out_i as ct_peek_out,
     ct_timer_set_i as ct_timer_set, ct_timer_set_e, _ct_in_eq, _ct_key_word, ct_hash_raw_k, ct_eq16,
-    ct_index, ct_prefetch, ct_prefetchw, _ct_peek_s,
+    ct_index, ct_prefetch_slot_s, ct_prefetch_entry_at, _ct_peek_s,
 )
 from ipvsflow.engine.services cimport (
     svc_find, svc_schedule, dest_bind, dest_unbind, svc_table_init, svc_table_free, svc_apply,
@@ -1423,7 +1423,6 @@ cdef inline void _stage_key(core_t *c, const pkt_desc *p, key_slot *sl, const ui
     cdef conn_key *k = &sl.key
     cdef uint8_t kind = KEY_KIND[p.proto]
     cdef bint rs, out
-    cdef uint64_t i
     if likely(p.status == PS_OK and kind != KK_NONE):
         _key_from_pkt(hkeys, k, p, kind == KK_ISAKMP)
         rs = _filter_hit(c.rs_filter, p.src)
@@ -1435,10 +1434,7 @@ cdef inline void _stage_key(core_t *c, const pkt_desc *p, key_slot *sl, const ui
         if out:
             ct_prefetch_out(c.e.ct, k.hash)
         elif si != NULL:
-            # _ct_idx_prefetch of a settled index
-            i = k.hash & mi
-            ct_prefetch(&si[i])
-            ct_prefetch(&si[i + 1])
+            ct_prefetch_slot_s(si, mi, k.hash)
         else:
             ct_prefetch_in(c.e.ct, k.hash)
     else:
@@ -1452,7 +1448,6 @@ cdef inline void _stage_entry(core_t *c, key_slot *sl, const uint64_t *si, uint6
     # packet order. si, mi as for _stage_key; ents: the table's entries.
     cdef uint32_t id = CONN_NONE
     cdef uint32_t h = sl.key.hash
-    cdef const uint8_t *ep
     if h != 0:
         if sl.out:
             id = ct_peek_out(c.e.ct, h)
@@ -1461,10 +1456,7 @@ cdef inline void _stage_entry(core_t *c, key_slot *sl, const uint64_t *si, uint6
         else:
             id = ct_peek_in(c.e.ct, h)
         if id != CONN_NONE:
-            # ct_prefetch_entry_i
-            ep = ents + <uint64_t>id * sizeof(conn_entry)
-            ct_prefetchw(ep)
-            ct_prefetchw(ep + sizeof(conn_entry) - 1)
+            ct_prefetch_entry_at(ents, id)
     sl.hint = id
 
 
